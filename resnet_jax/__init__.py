@@ -1,0 +1,26 @@
+"""resnet_jax: ResNet families as pure-functional Flax Linen modules.
+
+>>> import jax, jax.numpy as jnp, resnet_jax
+>>> model = resnet_jax.create_model('resnet18', num_classes=10)
+>>> variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+>>> model.apply(variables, jnp.zeros((2, 32, 32, 3))).shape
+(2, 10)
+"""
+
+from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+from resnet_jax.registry import create_model, list_models
+from resnet_jax.resnet import BatchNorm, FrozenBatchNorm, ResNet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BasicBlock",
+    "BatchNorm",
+    "Bottleneck",
+    "FrozenBatchNorm",
+    "PreActBasicBlock",
+    "PreActBottleneck",
+    "ResNet",
+    "create_model",
+    "list_models",
+]

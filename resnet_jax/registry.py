@@ -1,0 +1,108 @@
+"""Named models, as partials of ``ResNet``. Names follow torchvision and timm.
+
+Parameter counts (ImageNet, 1000 classes) are those of torchvision / timm; the
+tests check them exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+
+from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+from resnet_jax.resnet import ResNet
+
+_DEPTHS = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+}
+
+
+def _imagenet(depth: int, preact: bool = False, **kw: Any) -> partial[ResNet]:
+    basic = depth < 50
+    block = (
+        (PreActBasicBlock if basic else PreActBottleneck) if preact else (BasicBlock if basic else Bottleneck)
+    )
+    return partial(ResNet, stage_sizes=_DEPTHS[depth], block=block, **kw)
+
+
+def _cifar(depth: int) -> partial[ResNet]:
+    # He et al. 2016 §4.2: 6n+2 layers, three stages of n basic blocks at widths 16/32/64.
+    n = (depth - 2) // 6
+    return partial(
+        ResNet,
+        stage_sizes=(n, n, n),
+        block=BasicBlock,
+        num_classes=10,
+        stem="cifar",
+        stem_width=16,
+        shortcut="A",
+    )
+
+
+def _wrn(depth: int, k: int) -> partial[ResNet]:
+    # Zagoruyko & Komodakis 2016: pre-activation basic blocks, (depth-4)/6 per stage,
+    # widths 16k/32k/64k after a 16-channel 3x3 stem.
+    n = (depth - 4) // 6
+    return partial(
+        ResNet,
+        stage_sizes=(n, n, n),
+        block=PreActBasicBlock,
+        num_classes=10,
+        stem="cifar",
+        stem_width=16,
+        stage_widths=(16 * k, 32 * k, 64 * k),
+    )
+
+
+# Keras applications ResNetV2 (TF-slim layout): stride on each stage's last block, biased
+# convs where no norm follows, a zero-padded stem pool.
+_KERAS_V2 = dict(
+    preact=True, stage_strides=(2, 2, 2, 1), downsample_last=True, conv_bias=True, pool_pad_zeros=True
+)
+
+_MODELS: dict[str, partial[ResNet]] = {
+    **{f"resnet{d}": _imagenet(d) for d in _DEPTHS},
+    **{f"resnet{d}d": _imagenet(d, stem="deep", shortcut="D") for d in (18, 34, 50, 101, 152, 200)},
+    **{f"resnetv2_{d}": _imagenet(d, preact=True) for d in _DEPTHS},
+    **{f"resnet{d}v2": _imagenet(d, **_KERAS_V2) for d in (50, 101, 152)},
+    "resnext50_32x4d": _imagenet(50, groups=32, width_per_group=4),
+    "resnext101_32x8d": _imagenet(101, groups=32, width_per_group=8),
+    "resnext101_64x4d": _imagenet(101, groups=64, width_per_group=4),
+    "wide_resnet50_2": _imagenet(50, width_per_group=128),
+    "wide_resnet101_2": _imagenet(101, width_per_group=128),
+    **{f"resnet{d}": _cifar(d) for d in (20, 32, 44, 56, 110, 1202)},
+    **{f"wrn{d}_{k}": _wrn(d, k) for d, k in ((16, 4), (16, 8), (28, 10), (40, 4))},
+}
+
+
+def list_models() -> list[str]:
+    """Returns the registered model names, sorted."""
+    return sorted(_MODELS)
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Builds the named model; ``overrides`` replace any ``ResNet`` field.
+
+    Example: ``create_model('resnet50', num_classes=10, dtype=jnp.bfloat16)``.
+
+    Raises:
+      ValueError: for an unknown name (suggesting the closest ones) or an unknown field.
+    """
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise ValueError(f"unknown model {name!r}; {hint}list_models() gives all {len(_MODELS)} names")
+    fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown ResNet field(s) {unknown} for {name!r}; valid: {sorted(fields)}")
+    return _MODELS[name](**overrides)

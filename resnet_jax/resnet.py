@@ -1,0 +1,235 @@
+"""The ResNet network: a stem, stages of residual blocks, and a pooled linear head.
+
+One module covers every family (v1, v1.5, v2, ResNet-D, ResNeXt, Wide, CIFAR): the
+differences are plain fields, and the named models in ``registry.py`` are partials
+of this class.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from resnet_jax.blocks import (
+    Array,
+    BasicBlock,
+    ModuleDef,
+    conv3x3,
+    conv_kernel_init,
+)
+
+STEMS = ("imagenet", "deep", "cifar")
+SHORTCUT_TYPES = ("A", "B", "D")
+
+# torchvision's BatchNorm2d: momentum 0.1 in PyTorch's convention is 0.9 in Flax's.
+BatchNorm: ModuleDef = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+# Frozen BatchNorm (torchvision.ops.FrozenBatchNorm2d): running statistics in train mode
+# too, and never updated. Freeze its scale and bias in the optimizer to fix the affine.
+FrozenBatchNorm: ModuleDef = functools.partial(BatchNorm, use_running_average=True)
+
+
+def _bind_norm(norm: ModuleDef, train: bool) -> ModuleDef:
+    """Binds a BatchNorm factory to train or eval mode; other norms need no mode.
+
+    A factory that already fixes ``use_running_average`` (frozen BatchNorm) keeps it.
+    """
+    fixed: dict[str, Any] = {}
+    f = norm
+    while isinstance(f, functools.partial):
+        fixed = {**f.keywords, **fixed}
+        f = f.func
+    if isinstance(f, type) and issubclass(f, nn.BatchNorm) and "use_running_average" not in fixed:
+        return functools.partial(norm, use_running_average=not train)
+    return norm
+
+
+class ResNet(nn.Module):
+    """A residual network, NHWC in, logits out.
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-50.
+      block: the block class (``BasicBlock``, ``Bottleneck``, ``PreActBasicBlock``,
+        ``PreActBottleneck``); pre-activation blocks make a v2 network, with no
+        norm in the stem and a final norm-act before pooling.
+      num_classes: width of the linear head; 0 drops the head, and the output is
+        the pooled features.
+      in_channels: channels of the input image (3 for RGB, 1 for MNIST-like data).
+      stem_width: channels out of the stem.
+      stage_widths: base width ("planes") of each stage; default
+        ``stem_width * 2**i``. A stage outputs ``width * block.expansion`` channels.
+      stage_strides: stride of each stage; default ``(1, 2, 2, ...)``.
+      groups: cardinality of the grouped 3x3 (ResNeXt-50 32x4d: 32).
+      width_per_group: width of each group (ResNeXt-50 32x4d: 4; Wide ResNet-50-2: 128).
+      stem: ``"imagenet"`` (7x7/2 conv, 3x3/2 max pool), ``"deep"`` (three 3x3 convs
+        then the max pool: ResNet-C/D of He et al. 2019) or ``"cifar"`` (one 3x3/1
+        conv, no pool: He et al. 2016 §4.2).
+      shortcut: ``"B"`` (1x1 projection when the shape changes), ``"A"`` (parameter-
+        free zero padding, the CIFAR nets) or ``"D"`` (average pool then 1x1, ResNet-D).
+      stride_in_1x1: ResNet v1 (stride on the bottleneck's first 1x1) instead of v1.5.
+      downsample_last: put each stage's stride on its last block, with a subsampled
+        identity shortcut, as TF-slim and Keras ``ResNetV2`` do.
+      conv_bias: biases on the convs that are not followed by a norm (pre-activation
+        nets: stem, projections, last conv of each block), as in Keras ``ResNetV2``.
+      pool_pad_zeros: pad the stem's max pool with zeros rather than -inf (Keras). The
+        two agree after a ReLU; they differ on a pre-activation stem.
+      zero_init_last: zero-initialise each block's last norm scale (Goyal et al. 2017).
+      drop_rate: dropout on the pooled features before the head (needs a
+        ``'dropout'`` rng in train mode when > 0).
+      dtype: compute dtype, e.g. ``jnp.bfloat16``; the logits are returned in float32.
+      param_dtype: dtype of parameters and BatchNorm statistics.
+      conv: convolution factory (a ``functools.partial`` of ``nn.Conv``).
+      norm: normalisation factory: ``BatchNorm`` (default: torchvision's momentum
+        and epsilon), ``FrozenBatchNorm``, ``functools.partial(nn.GroupNorm, ...)``.
+      act: activation, e.g. ``nn.relu`` or ``nn.swish``.
+    """
+
+    stage_sizes: Sequence[int]
+    block: type[nn.Module] = BasicBlock
+    num_classes: int = 1000
+    in_channels: int = 3
+    stem_width: int = 64
+    stage_widths: Sequence[int] | None = None
+    stage_strides: Sequence[int] | None = None
+    groups: int = 1
+    width_per_group: int = 64
+    stem: str = "imagenet"
+    shortcut: str = "B"
+    stride_in_1x1: bool = False
+    downsample_last: bool = False
+    conv_bias: bool = False
+    pool_pad_zeros: bool = False
+    zero_init_last: bool = False
+    drop_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv
+    norm: ModuleDef = BatchNorm
+    act: Callable[[Array], Array] = nn.relu
+
+    def _check(self, x: Array) -> None:
+        if self.stem not in STEMS:
+            raise ValueError(f"unknown stem {self.stem!r}; valid: {', '.join(STEMS)}")
+        if self.shortcut not in SHORTCUT_TYPES:
+            raise ValueError(f"unknown shortcut {self.shortcut!r}; valid: {', '.join(SHORTCUT_TYPES)}")
+        n = len(self.stage_sizes)
+        for field in ("stage_widths", "stage_strides"):
+            value = getattr(self, field)
+            if value is not None and len(value) != n:
+                raise ValueError(
+                    f"{field}={tuple(value)} has {len(value)} entries; "
+                    f"stage_sizes={tuple(self.stage_sizes)} has {n} stages"
+                )
+        expected = f"(batch, height, width, {self.in_channels})"
+        if x.ndim != 4:
+            raise ValueError(f"expected NHWC input of shape {expected}, got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"expected NHWC input of shape {expected}, got shape {tuple(x.shape)} "
+                f"({x.shape[-1]} channels; set in_channels={x.shape[-1]} to accept it)"
+            )
+
+    def _stem(self, x: Array, conv: ModuleDef, norm: ModuleDef) -> Array:
+        preact = self.block.preact
+        if self.stem == "cifar":
+            x = conv3x3(conv, self.stem_width, use_bias=self.conv_bias and preact, name="stem_conv")(x)
+            return x if preact else self.act(norm(name="stem_norm")(x))
+        if self.stem == "deep":
+            for i, width in enumerate((self.stem_width // 2, self.stem_width // 2), start=1):
+                x = conv3x3(conv, width, 2 if i == 1 else 1, name=f"stem_conv{i}")(x)
+                x = self.act(norm(name=f"stem_norm{i}")(x))
+            x = conv3x3(conv, self.stem_width, use_bias=self.conv_bias and preact, name="stem_conv3")(x)
+            if not preact:
+                x = self.act(norm(name="stem_norm3")(x))
+        else:
+            x = conv(
+                self.stem_width,
+                (7, 7),
+                strides=(2, 2),
+                padding=((3, 3), (3, 3)),
+                use_bias=self.conv_bias and preact,
+                name="stem_conv",
+            )(x)
+            if not preact:
+                x = self.act(norm(name="stem_norm")(x))
+        if self.pool_pad_zeros:
+            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    def _shortcut_kind(self, in_ch: int, out_ch: int, strides: int) -> str:
+        if self.downsample_last:
+            return "conv" if in_ch != out_ch else ("subsample" if strides > 1 else "identity")
+        if in_ch == out_ch and strides == 1:
+            return "identity"
+        if self.shortcut == "A":
+            return "pad"
+        return "avg_conv" if self.shortcut == "D" and strides > 1 else "conv"
+
+    @nn.compact
+    def __call__(
+        self, x: Array, train: bool = False, return_features: bool = False
+    ) -> Array | tuple[Array, dict[str, Array]]:
+        """Runs the network.
+
+        Args:
+          x: images, (batch, height, width, in_channels), any float dtype.
+          train: batch statistics and dropout (train) or running averages (eval). In
+            train mode call ``apply(..., mutable=['batch_stats'])``.
+          return_features: also return a dict of intermediate features: ``'stem'``,
+            ``'stage1'`` .. ``'stageN'`` (N, H_i, W_i, C_i) in the compute dtype, and
+            ``'pooled'`` (N, C) float32, the input of the head.
+
+        Returns:
+          logits (batch, num_classes) float32, or the pooled features (batch, C) when
+          ``num_classes == 0``; with ``return_features``, ``(logits, features)``.
+        """
+        self._check(x)
+        conv = functools.partial(
+            self.conv,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=conv_kernel_init,
+        )
+        norm = functools.partial(_bind_norm(self.norm, train), dtype=self.dtype, param_dtype=self.param_dtype)
+        block_kw: dict[str, Any] = dict(
+            conv=conv,
+            norm=norm,
+            act=self.act,
+            groups=self.groups,
+            width_per_group=self.width_per_group,
+            zero_init_last=self.zero_init_last,
+        )
+        if self.block.preact:
+            block_kw["conv_bias"] = self.conv_bias
+        elif self.block.expansion > 1:
+            block_kw["stride_in_1x1"] = self.stride_in_1x1
+
+        features: dict[str, Array] = {}
+        x = self._stem(jnp.asarray(x, self.dtype), conv, norm)
+        features["stem"] = x
+        n = len(self.stage_sizes)
+        widths = self.stage_widths or [self.stem_width * 2**i for i in range(n)]
+        strides = self.stage_strides or [1] + [2] * (n - 1)
+        for i, (size, width, stride) in enumerate(zip(self.stage_sizes, widths, strides), start=1):
+            for j in range(size):
+                stride_at = size - 1 if self.downsample_last else 0
+                s = stride if j == stride_at else 1
+                out_ch = width * self.block.expansion
+                kind = self._shortcut_kind(x.shape[-1], out_ch, s)
+                x = self.block(width, strides=s, shortcut=kind, name=f"stage{i}_block{j + 1}", **block_kw)(x)
+            features[f"stage{i}"] = x
+        if self.block.preact:
+            x = self.act(norm(name="final_norm")(x))
+            features[f"stage{n}"] = x
+        x = jnp.mean(x, axis=(1, 2))
+        features["pooled"] = jnp.asarray(x, jnp.float32)
+        if self.num_classes > 0:
+            x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
+            x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+        x = jnp.asarray(x, jnp.float32)
+        return (x, features) if return_features else x

@@ -1,0 +1,96 @@
+"""Numerical equivalence with Keras 3's applications, an implementation not written here.
+
+Keras runs on its JAX backend (set in conftest), so no TensorFlow is needed.
+"""
+
+import jax
+import keras
+import numpy as np
+import pytest
+
+import resnet_jax
+from resnet_jax.convert import from_keras, keras_weights
+
+
+def _randomise(model, seed):
+    """Random kernels, biases and BatchNorm statistics far from their initial values."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = (w.shape for w in weights)
+            new = [
+                rng.uniform(0.5, 1.5, gamma),
+                rng.normal(0, 0.2, beta),
+                rng.normal(0, 0.2, mean),
+                rng.uniform(0.5, 1.5, var),
+            ]
+        else:
+            new = [weights[0]] + [rng.normal(0, 0.1, w.shape) for w in weights[1:]]
+        layer.set_weights([w.astype(np.float32) for w in new])
+
+
+def _keras_logits(model, x):
+    # Keras broadcasts ranks itself; the strict setting of conftest is for our code.
+    with jax.numpy_rank_promotion("allow"):
+        return np.asarray(model(x, training=False))
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        # (Keras class, our name, overrides it needs, an override that breaks the match)
+        ("ResNet50", "resnet50", {"stride_in_1x1": True}, {"stride_in_1x1": False}),
+        ("ResNet50V2", "resnet50v2", {}, {"pool_pad_zeros": False}),
+    ],
+)
+def keras_pair(request):
+    keras_name, name, overrides, wrong = request.param
+    model = getattr(keras.applications, keras_name)(
+        weights=None, input_shape=(64, 64, 3), classes=7, classifier_activation=None
+    )
+    _randomise(model, seed=0)
+    return model, name, overrides, wrong
+
+
+def test_logits_match_keras(keras_pair):
+    keras_model, name, overrides, _ = keras_pair
+    x = np.random.default_rng(1).normal(size=(3, 64, 64, 3)).astype(np.float32)
+    expected = _keras_logits(keras_model, x)
+    variables = from_keras(keras_model, name)
+    ours = resnet_jax.create_model(name, num_classes=7, **overrides)
+    got = np.asarray(ours.apply(variables, x, train=False))
+    print(f"{name} vs Keras: max |logit diff| = {np.abs(got - expected).max():.2e}")
+    assert np.abs(expected).max() > 0.1  # a non-degenerate comparison
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_the_keras_specific_fields_matter(keras_pair):
+    # v1's stride in the 1x1 and V2's zero-padded stem pool each change the logits.
+    keras_model, name, overrides, wrong = keras_pair
+    # A dark image: the stem conv is negative for many channels, so the pool's padding shows.
+    x = (np.random.default_rng(1).normal(size=(2, 64, 64, 3)) * 0.1 - 3).astype(np.float32)
+    variables = from_keras(keras_model, name)
+    other = resnet_jax.create_model(name, num_classes=7, **{**overrides, **wrong})
+    assert not np.allclose(other.apply(variables, x), _keras_logits(keras_model, x), atol=1e-2)
+
+
+def test_shape_mismatch_names_path_and_shapes(keras_pair):
+    keras_model, name, _, _ = keras_pair
+    layers = keras_weights(keras_model)
+    kernel = layers["conv2_block1_1_conv"][0]
+    layers["conv2_block1_1_conv"] = [kernel[..., :8], *layers["conv2_block1_1_conv"][1:]]
+    with pytest.raises(
+        ValueError,
+        match=r"conv2_block1_1_conv.*stage1_block1/conv1/kernel.*"
+        r"\(1, 1, 64, 8\).*\(1, 1, 64, 64\)",
+    ):
+        from_keras(layers, name)
+
+
+def test_wrong_depth_is_refused(keras_pair):
+    keras_model, name, _, _ = keras_pair
+    with pytest.raises(ValueError, match=r"no source for \d+ variable"):
+        from_keras(keras_model, name.replace("50", "101"))

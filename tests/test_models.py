@@ -1,0 +1,291 @@
+"""Behaviour of the ResNet module: every registered model, modes, precision, API."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import resnet_jax
+from resnet_jax.blocks import avg_pool_ceil
+
+
+def _input(model, batch=2, size=None, seed=0):
+    size = size or 32
+    return jax.random.normal(jax.random.key(seed), (batch, size, size, model.in_channels))
+
+
+def _filled_variables(model, x, seed=0):
+    """Variables of ``model`` from numpy: no per-shape RNG compiles, unlike ``init``.
+
+    Kernels are N(0, 1/fan_in), norms start at scale 1, bias 0, mean 0, var 1.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+
+    def fill(path, s):
+        leaf = path[-1].key
+        if leaf == "kernel":
+            return jnp.asarray(rng.normal(0, np.prod(s.shape[:-1]) ** -0.5, s.shape), s.dtype)
+        return (jnp.ones if leaf in ("scale", "var") else jnp.zeros)(s.shape, s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.mark.parametrize("name", resnet_jax.list_models())
+def test_forward_backward_finite(name):
+    # Eager on purpose: on CPU, per-op dispatch (cached across models) is much cheaper
+    # than compiling each network's whole forward and backward pass.
+    model = resnet_jax.create_model(name, num_classes=3)
+    if sum(model.stage_sizes) > 100:
+        # ResNet-1202's 600 blocks: compile each distinct block once instead.
+        model = model.clone(block=nn.jit(model.block))
+    x = _input(model)
+    variables = _filled_variables(model, x)
+
+    def loss(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return jnp.mean(logits**2), (logits, updates)
+
+    (value, (logits, updates)), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    assert logits.shape == (2, 3) and logits.dtype == jnp.float32
+    assert np.isfinite(float(value)) and float(value) > 0
+    leaves = jax.tree.leaves(grads)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    # Every parameter gets a gradient (none is disconnected), bar the zero-init ones.
+    assert sum(bool(jnp.any(g != 0)) for g in leaves) == len(leaves)
+    new_stats = jax.tree.leaves(updates["batch_stats"])
+    assert all(bool(jnp.all(jnp.isfinite(s))) for s in new_stats)
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+
+
+@pytest.fixture(scope="module")
+def resnet18_mini():
+    """A two-stage ResNet-18 variant, 32x32 input: small enough to run many times."""
+    model = resnet_jax.create_model("resnet18", num_classes=5, stage_sizes=(1, 1))
+    x = _input(model, batch=4)
+    return model, x, model.init(jax.random.key(0), x, train=False)
+
+
+def test_init_gives_params_and_batch_stats(resnet18_mini):
+    _, _, variables = resnet18_mini
+    assert set(variables) == {"params", "batch_stats"}
+    assert {"stem_conv", "stem_norm", "stage1_block1", "stage2_block1", "head"} <= set(variables["params"])
+
+
+def test_train_mode_updates_batch_stats_and_eval_does_not(resnet18_mini):
+    model, x, variables = resnet18_mini
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    before = variables["batch_stats"]["stem_norm"]["mean"]
+    after = updates["batch_stats"]["stem_norm"]["mean"]
+    assert not np.allclose(before, after)
+    # Flax momentum 0.9 (torchvision's 0.1): new = 0.9 * old + 0.1 * batch mean.
+    h = model.apply(
+        variables,
+        x,
+        train=True,
+        mutable=["batch_stats", "intermediates"],
+        capture_intermediates=lambda m, _: m.name == "stem_conv",
+    )[1]
+    conv_out = h["intermediates"]["stem_conv"]["__call__"][0]
+    np.testing.assert_allclose(
+        after, 0.9 * before + 0.1 * conv_out.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6
+    )
+    _, eval_updates = model.apply(variables, x, train=False, mutable=["batch_stats"])
+    jax.tree.map(np.testing.assert_array_equal, eval_updates["batch_stats"], variables["batch_stats"])
+
+
+def test_train_and_eval_outputs_differ_with_nontrivial_stats(resnet18_mini):
+    model, x, variables = resnet18_mini
+    train_out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    eval_out = model.apply(variables, x, train=False)
+    assert not np.allclose(train_out, eval_out, atol=1e-3)
+
+
+def test_bfloat16_forward_agrees_with_float32(resnet18_mini):
+    model, x, variables = resnet18_mini
+    ref = model.apply(variables, x)
+    bf16 = model.clone(dtype=jnp.bfloat16)
+    # Same variables: param_dtype stays float32, only the compute is bf16.
+    assert jax.tree.structure(bf16.init(jax.random.key(0), x)) == jax.tree.structure(variables)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(bf16.init(jax.random.key(0), x)))
+    out, feats = bf16.apply(variables, x, return_features=True)
+    assert feats["stage1"].dtype == jnp.bfloat16 and out.dtype == jnp.float32
+    # bf16 keeps 8 mantissa bits (relative step 2**-8 = 0.4%); through ~10 layers the
+    # logits stay within 5% of their scale.
+    scale = float(jnp.abs(ref).max())
+    assert float(jnp.abs(out - ref).max()) < 0.05 * scale
+    assert float(jnp.abs(out - ref).max()) > 0  # it really ran in bf16
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [
+        ((32, 32, 3), r"expected NHWC input of shape \(batch, height, width, 3\), got shape \(32, 32, 3\)"),
+        ((2, 32, 32, 1), r"expected NHWC input of shape \(batch, height, width, 3\).*in_channels=1"),
+        ((2, 3, 32, 32), r"got shape \(2, 3, 32, 32\)"),
+    ],
+)
+def test_bad_input_names_the_expected_shape(resnet18_mini, shape, match):
+    model, _, variables = resnet18_mini
+    with pytest.raises(ValueError, match=match):
+        model.apply(variables, jnp.zeros(shape))
+
+
+def test_any_channels_and_classes():
+    model = resnet_jax.create_model("resnet20", in_channels=1, num_classes=4)
+    x = jnp.ones((3, 28, 28, 1))
+    variables = model.init(jax.random.key(0), x)
+    assert variables["params"]["stem_conv"]["kernel"].shape == (3, 3, 1, 16)
+    assert model.apply(variables, x).shape == (3, 4)
+
+
+def test_features_and_headless_model():
+    model = resnet_jax.create_model("resnet50", num_classes=0)
+    x = jnp.ones((2, 64, 64, 3))
+    variables = model.init(jax.random.key(0), x)
+    assert "head" not in variables["params"]
+    pooled, feats = model.apply(variables, x, return_features=True)
+    assert pooled.shape == (2, 2048)
+    np.testing.assert_array_equal(pooled, feats["pooled"])
+    shapes = {k: v.shape for k, v in feats.items()}
+    assert shapes == {
+        "stem": (2, 16, 16, 64),
+        "stage1": (2, 16, 16, 256),
+        "stage2": (2, 8, 8, 512),
+        "stage3": (2, 4, 4, 1024),
+        "stage4": (2, 2, 2, 2048),
+        "pooled": (2, 2048),
+    }
+
+
+def test_features_match_head_input(resnet18_mini):
+    model, x, variables = resnet18_mini
+    logits, feats = model.apply(variables, x, return_features=True)
+    head = variables["params"]["head"]
+    np.testing.assert_allclose(
+        logits, feats["pooled"] @ head["kernel"] + head["bias"][None, :], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_custom_architecture_is_plain_arguments():
+    model = resnet_jax.ResNet(
+        stage_sizes=(1, 2, 1),
+        block=resnet_jax.Bottleneck,
+        stem_width=8,
+        stage_widths=(4, 8, 12),
+        stage_strides=(1, 2, 1),
+        num_classes=3,
+        act=nn.swish,
+        stem="cifar",
+    )
+    x = jnp.ones((2, 16, 16, 3))
+    variables = model.init(jax.random.key(0), x)
+    _, feats = model.apply(variables, x, return_features=True)
+    assert feats["stage3"].shape == (2, 8, 8, 48)
+    assert variables["params"]["stage2_block2"]["conv2"]["kernel"].shape == (3, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"stage_widths=\(4, 8\) has 2 entries.*3 stages"):
+        model.clone(stage_widths=(4, 8)).init(jax.random.key(0), x)
+
+
+def test_bad_field_values_name_the_choices():
+    x = jnp.ones((1, 32, 32, 3))
+    with pytest.raises(ValueError, match=r"unknown stem 'big'; valid: imagenet, deep, cifar"):
+        resnet_jax.create_model("resnet18", stem="big").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"unknown shortcut 'C'; valid: A, B, D"):
+        resnet_jax.create_model("resnet18", shortcut="C").init(jax.random.key(0), x)
+
+
+def test_option_a_shortcut_is_parameter_free():
+    model = resnet_jax.create_model("resnet20")
+    variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    block = variables["params"]["stage2_block1"]
+    assert set(block) == {"conv1", "norm1", "conv2", "norm2"}
+    b = resnet_jax.create_model("resnet20", shortcut="B").init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    assert b["params"]["stage2_block1"]["shortcut_conv"]["kernel"].shape == (1, 1, 16, 32)
+
+
+def test_resnet_d_uses_deep_stem_and_avgpool_shortcut():
+    variables = resnet_jax.create_model("resnet50d").init(jax.random.key(0), jnp.ones((1, 64, 64, 3)))
+    p = variables["params"]
+    assert [p[f"stem_conv{i}"]["kernel"].shape for i in (1, 2, 3)] == [
+        (3, 3, 3, 32),
+        (3, 3, 32, 32),
+        (3, 3, 32, 64),
+    ]
+    assert p["stage2_block1"]["shortcut_conv"]["kernel"].shape == (1, 1, 256, 512)
+
+
+def test_avg_pool_ceil_matches_pytorch_semantics():
+    # AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) on a 3x3 map.
+    x = jnp.arange(9.0).reshape(1, 3, 3, 1)
+    expected = np.array([[(0 + 1 + 3 + 4) / 4, (2 + 5) / 2], [(6 + 7) / 2, 8.0]])
+    np.testing.assert_allclose(avg_pool_ceil(x, 2)[0, :, :, 0], expected)
+
+
+def test_v1_puts_the_stride_on_the_first_1x1():
+    x = jnp.ones((1, 64, 64, 3))
+    grab = lambda mdl, _: mdl.name in ("conv1", "conv2")  # noqa: E731
+    for v1, conv1_hw in ((False, 16), (True, 8)):
+        model = resnet_jax.create_model("resnet50", stride_in_1x1=v1)
+        variables = model.init(jax.random.key(0), x)
+        _, state = model.apply(variables, x, capture_intermediates=grab, mutable=["intermediates"])
+        block = state["intermediates"]["stage2_block1"]
+        assert block["conv1"]["__call__"][0].shape[1] == conv1_hw
+        assert block["conv2"]["__call__"][0].shape[1] == 8
+
+
+def test_zero_init_last_starts_each_block_as_identity():
+    model = resnet_jax.create_model("resnet18", zero_init_last=True, stage_sizes=(2,))
+    x = _input(model)
+    variables = model.init(jax.random.key(0), x)
+    assert not np.any(variables["params"]["stage1_block1"]["norm2"]["scale"])
+    _, feats = model.apply(variables, x, return_features=True)
+    # Identity shortcuts and a zero branch: act(0 + x) = x for the post-ReLU stem output.
+    np.testing.assert_allclose(feats["stage1"], feats["stem"], atol=1e-6)
+    pre = resnet_jax.create_model("resnetv2_18", zero_init_last=True)
+    pv = pre.init(jax.random.key(0), x)
+    assert not np.any(pv["params"]["stage1_block2"]["conv2"]["kernel"])
+
+
+def test_norm_is_injected():
+    x = _input(resnet_jax.create_model("resnet18"), batch=4)
+    gn = resnet_jax.create_model(
+        "resnet18", stage_sizes=(1, 1), norm=functools.partial(nn.GroupNorm, num_groups=8)
+    )
+    variables = gn.init(jax.random.key(0), x)
+    assert "batch_stats" not in variables
+    assert variables["params"]["stem_norm"]["scale"].shape == (64,)
+    assert gn.apply(variables, x, train=True).shape == (4, 1000)
+
+    frozen = resnet_jax.create_model("resnet18", stage_sizes=(1, 1), norm=resnet_jax.FrozenBatchNorm)
+    fv = frozen.init(jax.random.key(0), x)
+    fv = {"params": fv["params"], "batch_stats": jax.tree.map(lambda s: s + 0.5, fv["batch_stats"])}
+    out, updates = frozen.apply(fv, x, train=True, mutable=["batch_stats"])
+    jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], fv["batch_stats"])
+    np.testing.assert_array_equal(out, frozen.apply(fv, x, train=False))
+
+
+def test_dropout_before_head_needs_rng_in_train_only(resnet18_mini):
+    model, x, variables = resnet18_mini
+    drop = model.clone(drop_rate=0.5)
+    a, _ = drop.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+    b, _ = drop.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(drop.apply(variables, x), model.apply(variables, x))
+
+
+def test_model_is_jittable_and_batch_sharding_agnostic(resnet18_mini):
+    model, x, variables = resnet18_mini
+    eager = model.apply(variables, x)
+    jitted = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+    np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
+    # Each example is independent in eval mode.
+    np.testing.assert_allclose(model.apply(variables, x[:1]), eager[:1], rtol=1e-5, atol=1e-5)

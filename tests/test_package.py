@@ -1,0 +1,55 @@
+"""Packaging contract: light imports, the summary command, py.typed."""
+
+import pathlib
+import subprocess
+import sys
+
+import resnet_jax
+from resnet_jax.summary import main, summarize
+
+
+def test_import_pulls_in_neither_tensorflow_nor_torch():
+    code = (
+        "import sys, resnet_jax, resnet_jax.convert, resnet_jax.summary; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'torch', 'keras')); "
+        "print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ships_py_typed():
+    assert (pathlib.Path(resnet_jax.__file__).parent / "py.typed").is_file()
+
+
+def test_public_api():
+    for name in (
+        "create_model",
+        "list_models",
+        "ResNet",
+        "BasicBlock",
+        "Bottleneck",
+        "PreActBasicBlock",
+        "PreActBottleneck",
+        "BatchNorm",
+        "FrozenBatchNorm",
+    ):
+        assert name in resnet_jax.__all__ and hasattr(resnet_jax, name)
+
+
+def test_summary_prints_table_params_and_flops():
+    text = summarize("resnet20", num_classes=10)
+    assert "stage3_block3" in text and "float32[1,8,8,64]" in text
+    assert "params:       269,722" in text
+    gflops = float(text.split("forward:")[1].split()[0])
+    # ResNet-20 is ~41 M multiply-adds at 32x32 (He et al. 2016): ~0.08 GFLOPs.
+    assert 0.07 < gflops < 0.095
+
+
+def test_summary_cli_rejects_unknown_model(capsys):
+    try:
+        main(["resnet5O"])
+    except SystemExit as e:
+        assert e.code == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet5O'" in err and "'resnet50'" in err
