@@ -7,6 +7,7 @@
 (2, 10)
 """
 
+from resnet_jax import convert
 from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from resnet_jax.registry import create_model, list_models
 from resnet_jax.resnet import BatchNorm, FrozenBatchNorm, ResNet
@@ -21,6 +22,7 @@ __all__ = [
     "PreActBasicBlock",
     "PreActBottleneck",
     "ResNet",
+    "convert",
     "create_model",
     "list_models",
 ]

@@ -181,7 +181,8 @@ class ResNet(nn.Module):
             train mode call ``apply(..., mutable=['batch_stats'])``.
           return_features: also return a dict of intermediate features: ``'stem'``,
             ``'stage1'`` .. ``'stageN'`` (N, H_i, W_i, C_i) in the compute dtype, and
-            ``'pooled'`` (N, C) float32, the input of the head.
+            ``'pooled'`` (N, C) float32, the input of the head. In pre-activation nets
+            the last stage's map is taken after the final norm-act, as timm does.
 
         Returns:
           logits (batch, num_classes) float32, or the pooled features (batch, C) when

@@ -57,7 +57,7 @@ def summarize(
         f"model:        {name}",
         f"input:        {tuple(x.shape)} (NHWC)",
         f"num_classes:  {model.num_classes}",
-        f"params:       {n_params:,}",
+        f"params:       {n_params:,} (trainable; the table's total also counts batch_stats)",
         f"batch_stats:  {n_stats:,}",
         f"forward:      {flops / 1e9 / batch_size:.3f} GFLOPs per image "
         f"(XLA cost analysis; {flops / 2e9 / batch_size:.3f} G multiply-adds)",
