@@ -161,6 +161,11 @@ class _Block(nn.Module):
     def out_features(self) -> int:
         return self.filters * self.expansion
 
+    @property
+    def bottleneck_width(self) -> int:
+        # torchvision's rule: ResNeXt-50 32x4d at filters=64 has 32 groups of 4 = 128.
+        return int(self.filters * (self.width_per_group / 64.0)) * self.groups
+
     def _last_norm(self, name: str) -> nn.Module:
         if self.zero_init_last:
             return self.norm(scale_init=nn.initializers.zeros, name=name)
@@ -206,7 +211,7 @@ class Bottleneck(_Block):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        width = int(self.filters * (self.width_per_group / 64.0)) * self.groups
+        width = self.bottleneck_width
         s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
         y = conv1x1(self.conv, width, s1, name="conv1")(x)
         y = self.act(self.norm(name="norm1")(y))
@@ -251,7 +256,7 @@ class PreActBottleneck(_Block):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        width = int(self.filters * (self.width_per_group / 64.0)) * self.groups
+        width = self.bottleneck_width
         pre = self.act(self.norm(name="norm1")(x))
         y = conv1x1(self.conv, width, name="conv1")(pre)
         y = self.act(self.norm(name="norm2")(y))

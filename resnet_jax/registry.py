@@ -34,32 +34,10 @@ def _imagenet(depth: int, preact: bool = False, **kw: Any) -> partial[ResNet]:
     return partial(ResNet, stage_sizes=_DEPTHS[depth], block=block, **kw)
 
 
-def _cifar(depth: int) -> partial[ResNet]:
-    # He et al. 2016 §4.2: 6n+2 layers, three stages of n basic blocks at widths 16/32/64.
-    n = (depth - 2) // 6
+def _cifar(n: int, block: type[nn.Module], **kw: Any) -> partial[ResNet]:
+    """Three stages of ``n`` blocks after a 16-channel 3x3 stem, 10 classes."""
     return partial(
-        ResNet,
-        stage_sizes=(n, n, n),
-        block=BasicBlock,
-        num_classes=10,
-        stem="cifar",
-        stem_width=16,
-        shortcut="A",
-    )
-
-
-def _wrn(depth: int, k: int) -> partial[ResNet]:
-    # Zagoruyko & Komodakis 2016: pre-activation basic blocks, (depth-4)/6 per stage,
-    # widths 16k/32k/64k after a 16-channel 3x3 stem.
-    n = (depth - 4) // 6
-    return partial(
-        ResNet,
-        stage_sizes=(n, n, n),
-        block=PreActBasicBlock,
-        num_classes=10,
-        stem="cifar",
-        stem_width=16,
-        stage_widths=(16 * k, 32 * k, 64 * k),
+        ResNet, stage_sizes=(n, n, n), block=block, num_classes=10, stem="cifar", stem_width=16, **kw
     )
 
 
@@ -79,8 +57,14 @@ _MODELS: dict[str, partial[ResNet]] = {
     "resnext101_64x4d": _imagenet(101, groups=64, width_per_group=4),
     "wide_resnet50_2": _imagenet(50, width_per_group=128),
     "wide_resnet101_2": _imagenet(101, width_per_group=128),
-    **{f"resnet{d}": _cifar(d) for d in (20, 32, 44, 56, 110, 1202)},
-    **{f"wrn{d}_{k}": _wrn(d, k) for d, k in ((16, 4), (16, 8), (28, 10), (40, 4))},
+    # He et al. 2016 §4.2: 6n+2 layers, widths 16/32/64, parameter-free option A shortcuts.
+    **{f"resnet{d}": _cifar((d - 2) // 6, BasicBlock, shortcut="A") for d in (20, 32, 44, 56, 110, 1202)},
+    # Zagoruyko & Komodakis 2016, WRN-d-k: pre-activation basic blocks, (d-4)/6 per stage,
+    # widths 16k/32k/64k.
+    **{
+        f"wrn{d}_{k}": _cifar((d - 4) // 6, PreActBasicBlock, stage_widths=(16 * k, 32 * k, 64 * k))
+        for d, k in ((16, 4), (16, 8), (28, 10), (40, 4))
+    },
 }
 
 
