@@ -118,10 +118,10 @@ def test_bfloat16_forward_agrees_with_float32(resnet18_mini):
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(bf16.init(jax.random.key(0), x)))
     out, feats = bf16.apply(variables, x, return_features=True)
     assert feats["stage1"].dtype == jnp.bfloat16 and out.dtype == jnp.float32
-    # bf16 keeps 8 mantissa bits (relative step 2**-8 = 0.4%); through ~10 layers the
-    # logits stay within 5% of their scale.
+    # bf16 keeps 8 mantissa bits (relative step 2**-8 = 0.4%). Measured: 0.55% of the
+    # logits' scale for this net; the stated tolerance is 2%.
     scale = float(jnp.abs(ref).max())
-    assert float(jnp.abs(out - ref).max()) < 0.05 * scale
+    assert float(jnp.abs(out - ref).max()) < 0.02 * scale
     assert float(jnp.abs(out - ref).max()) > 0  # it really ran in bf16
 
 
