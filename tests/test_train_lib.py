@@ -1,0 +1,186 @@
+"""The training library: schedules, masked decay, losses, metrics, sharded steps."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import resnet_jax
+from train import train_lib
+
+
+def _config(**overrides):
+    base = dict(
+        learning_rate=0.1,
+        lr_schedule="cosine",
+        warmup_epochs=0,
+        num_epochs=10,
+        num_train_steps=-1,
+        lr_boundaries=(),
+        lr_decay_factor=0.1,
+        optimizer="sgd",
+        momentum=0.9,
+        weight_decay=1e-4,
+        grad_clip_norm=0.0,
+        grad_accum_steps=1,
+    )
+    return SimpleNamespace(**{**base, **overrides})
+
+
+def test_piecewise_schedule_is_he_et_al_cifar():
+    # lr 0.1, divided by 10 at 32k and 48k iterations (He et al. 2016 §4.2).
+    config = _config(lr_schedule="piecewise", lr_boundaries=(32000, 48000), num_train_steps=64000)
+    lr = train_lib.create_learning_rate_fn(config, steps_per_epoch=391)
+    values = [float(lr(s)) for s in (0, 31999, 32000, 47999, 48000, 63999)]
+    np.testing.assert_allclose(values, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+
+
+def test_warmup_then_cosine():
+    config = _config(warmup_epochs=5, num_epochs=90, learning_rate=0.4)
+    lr = train_lib.create_learning_rate_fn(config, steps_per_epoch=100)
+    assert float(lr(0)) == 0.0
+    np.testing.assert_allclose(float(lr(250)), 0.2, rtol=1e-6)  # halfway through warmup
+    np.testing.assert_allclose(float(lr(500)), 0.4, rtol=1e-6)  # peak
+    assert float(lr(9000)) < 1e-6  # decayed to zero at the end
+    assert train_lib.total_steps(_config(num_train_steps=7), 100) == 7
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        (
+            "optimizer",
+            "adagrad",
+            r"unknown optimizer 'adagrad'; valid: sgd, nesterov, adam, adamw, lars, lamb",
+        ),
+        ("lr_schedule", "linear", r"unknown lr_schedule 'linear'; valid: cosine, piecewise, constant"),
+    ],
+)
+def test_unknown_choices_are_named(field, value, match):
+    config = _config(**{field: value})
+    with pytest.raises(ValueError, match=match):
+        train_lib.create_optimizer(config, train_lib.create_learning_rate_fn(config, 10))
+
+
+@pytest.fixture(scope="module")
+def small_params():
+    model = resnet_jax.create_model("resnet20", stage_sizes=(1, 1), num_classes=3)
+    return model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))["params"]
+
+
+def test_decay_mask_spares_norms_and_biases(small_params):
+    mask = train_lib.decay_mask(small_params)
+    assert mask["stem_conv"]["kernel"] and mask["head"]["kernel"]
+    assert not mask["head"]["bias"]
+    assert not mask["stem_norm"]["scale"] and not mask["stem_norm"]["bias"]
+
+
+@pytest.mark.parametrize("name", train_lib.OPTIMIZERS)
+def test_weight_decay_reaches_kernels_only(small_params, name):
+    config = _config(optimizer=name, weight_decay=0.5, momentum=0.0 if name == "sgd" else 0.9)
+    tx = train_lib.create_optimizer(config, optax.constant_schedule(0.1))
+    zero_grads = jax.tree.map(jnp.zeros_like, small_params)
+    updates, _ = tx.update(zero_grads, tx.init(small_params), small_params)
+    assert float(jnp.abs(updates["stem_conv"]["kernel"]).max()) > 0
+    for leaf in ("scale", "bias"):
+        np.testing.assert_array_equal(updates["stem_norm"][leaf], 0)
+    np.testing.assert_array_equal(updates["head"]["bias"], 0)
+    if name == "sgd":  # PyTorch's SGD: update = -lr * wd * w
+        np.testing.assert_allclose(
+            updates["stem_conv"]["kernel"], -0.1 * 0.5 * small_params["stem_conv"]["kernel"], rtol=1e-6
+        )
+
+
+def test_gradient_clipping_and_accumulation(small_params):
+    big = jax.tree.map(lambda p: jnp.full_like(p, 100.0), small_params)
+    clip = train_lib.create_optimizer(
+        _config(momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0), optax.constant_schedule(1.0)
+    )
+    updates, _ = clip.update(big, clip.init(small_params), small_params)
+    np.testing.assert_allclose(float(optax.tree.norm(updates)), 1.0, rtol=1e-5)
+
+    accum = train_lib.create_optimizer(
+        _config(weight_decay=0.0, grad_accum_steps=2), optax.constant_schedule(1.0)
+    )
+    state = accum.init(small_params)
+    first, state = accum.update(big, state, small_params)
+    assert float(optax.tree.norm(first)) == 0.0  # nothing applied until the second micro-batch
+    second, _ = accum.update(big, state, small_params)
+    assert float(optax.tree.norm(second)) > 0.0
+
+
+def test_label_smoothing_and_loss():
+    logits = jnp.array([[10.0, 0.0, 0.0]])
+    labels = jnp.array([0])
+    plain = float(train_lib.cross_entropy_loss(logits, labels)[0])
+    smooth = float(train_lib.cross_entropy_loss(logits, labels, label_smoothing=0.3)[0])
+    logp = jax.nn.log_softmax(logits[0])
+    np.testing.assert_allclose(plain, -logp[0], rtol=1e-6)
+    # Target (1 - 0.3) on the label plus 0.3 / 3 spread on every class.
+    np.testing.assert_allclose(smooth, -(0.8 * logp[0] + 0.1 * logp[1] + 0.1 * logp[2]), rtol=1e-5)
+
+
+def test_metrics_count_only_real_examples():
+    logits = jnp.array([[3.0, 2, 1, 0, -1, -2], [0.0, 1, 2, 3, 4, 5], [5.0, 0, 0, 0, 0, 0]])
+    labels = jnp.array([0, 0, 1])
+    m = train_lib.compute_metrics(logits, labels, mask=jnp.array([1, 1, 0]))
+    assert float(m["count"]) == 2 and float(m["top1"]) == 1
+    # Example 2's label 0 ranks 6th: not in its top 5.
+    assert float(m["top5"]) == 1
+    full = train_lib.compute_metrics(logits[:2], labels[:2])
+    np.testing.assert_allclose(float(m["loss"]), float(full["loss"]), rtol=1e-6)
+
+
+def test_batch_size_must_divide_over_devices():
+    mesh = SimpleNamespace(devices=np.empty(8))
+    with pytest.raises(ValueError, match=r"batch_size=100 does not divide over 8 devices.*96 or 104"):
+        train_lib.check_batch_size(100, mesh)
+    train_lib.check_batch_size(128, mesh)
+
+
+_EIGHT_DEVICES = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np, optax, resnet_jax
+    from train import train_lib
+    assert jax.device_count() == 8, jax.devices()
+    model = resnet_jax.create_model("resnet20", stage_sizes=(1, 1), num_classes=4)
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
+                "label": rng.integers(0, 4, 16).astype(np.int32)} for _ in range(3)]
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = train_lib.create_mesh(devices)
+        tx = optax.sgd(0.1, momentum=0.9)
+        state = train_lib.create_train_state(model, tx, (8, 8, 3), jax.random.key(0))
+        state = train_lib.replicate(state, mesh)
+        p_train, p_eval = train_lib.make_steps(mesh)
+        losses = []
+        for b in batches:
+            key = train_lib.replicate(jax.random.key(1), mesh)
+            state, m = p_train(state, train_lib.shard_batch(b, mesh), key)
+            losses.append(float(m["loss"]) / float(m["count"]))
+        ev = p_eval(state, train_lib.shard_batch({**batches[0], "mask": np.ones(16, np.float32)}, mesh))
+        results.append((losses, jax.device_get(state.batch_stats), float(ev["loss"])))
+    (l1, s1, e1), (l8, s8, e8) = results
+    print("losses 1 device:", l1)
+    print("losses 8 devices:", l8)
+    np.testing.assert_allclose(l1, l8, rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s1, s8)
+    np.testing.assert_allclose(e1, e8, rtol=1e-5)
+    print("OK")
+    """
+)
+
+
+def test_eight_devices_reproduce_one_device():
+    # Global-batch BatchNorm: the 8-way sharded step gives the 1-device losses and stats.
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
