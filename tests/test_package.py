@@ -4,6 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import resnet_jax
 from resnet_jax.summary import main, summarize
 
@@ -47,9 +49,8 @@ def test_summary_prints_table_params_and_flops():
 
 
 def test_summary_cli_rejects_unknown_model(capsys):
-    try:
+    with pytest.raises(SystemExit) as exit_info:
         main(["resnet5O"])
-    except SystemExit as e:
-        assert e.code == 2
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown model 'resnet5O'" in err and "'resnet50'" in err
