@@ -26,7 +26,7 @@ STEMS = ("imagenet", "deep", "cifar")
 SHORTCUT_TYPES = ("A", "B", "D")
 
 # torchvision's BatchNorm2d: momentum 0.1 in PyTorch's convention is 0.9 in Flax's.
-BatchNorm: ModuleDef = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+BatchNorm: ModuleDef = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, use_fast_variance=False)
 # Frozen BatchNorm (torchvision.ops.FrozenBatchNorm2d): running statistics in train mode
 # too, and never updated. Freeze its scale and bias in the optimizer to fix the affine.
 FrozenBatchNorm: ModuleDef = functools.partial(BatchNorm, use_running_average=True)
