@@ -9,8 +9,15 @@ the global batch, so N devices reproduce one device's result.
 
 from __future__ import annotations
 
+import collections
 import functools
-from collections.abc import Callable, Mapping
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -22,17 +29,21 @@ from flax import traverse_util
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import resnet_jax
+
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lars", "lamb")
 SCHEDULES = ("cosine", "piecewise", "constant")
+DTYPES = ("float32", "bfloat16")
 DATA_AXIS = "data"
 
 Batch = Mapping[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState plus the BatchNorm running statistics."""
+    """Flax's TrainState plus the BatchNorm running statistics and an optional weight EMA."""
 
     batch_stats: Any = None
+    ema_params: Any = None
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -45,19 +56,27 @@ def create_learning_rate_fn(config: Any, steps_per_epoch: int) -> optax.Schedule
     """Linear warmup from 0, then cosine, piecewise-constant or constant.
 
     Config fields: ``learning_rate``, ``warmup_epochs``, ``lr_schedule``, ``num_epochs``
-    (or ``num_train_steps`` when > 0), ``lr_boundaries`` (steps, for ``piecewise``) and
-    ``lr_decay_factor`` (the factor applied at each boundary).
+    (or ``num_train_steps`` when > 0), ``lr_boundaries`` (steps, for ``piecewise``; or
+    ``lr_boundary_epochs`` when that is empty) and ``lr_decay_factor`` (the factor applied
+    at each boundary). With ``lr_base_batch_size`` > 0 the peak is
+    ``learning_rate * batch_size / lr_base_batch_size``: the linear scaling rule of
+    Goyal et al. 2017 (0.1 per 256 images for ResNet-50 on ImageNet).
     """
     schedule = _choice("lr_schedule", config.lr_schedule, SCHEDULES)
     total = total_steps(config, steps_per_epoch)
     warmup = int(config.warmup_epochs * steps_per_epoch)
     base = config.learning_rate
+    if getattr(config, "lr_base_batch_size", 0) > 0:
+        base = base * config.batch_size / config.lr_base_batch_size
+    boundaries = tuple(config.lr_boundaries) or tuple(
+        int(e * steps_per_epoch) for e in getattr(config, "lr_boundary_epochs", ())
+    )
     if schedule == "cosine":
         main = optax.cosine_decay_schedule(base, decay_steps=max(total - warmup, 1))
     elif schedule == "piecewise":
         # Boundaries count from step 0 of training, as in He et al. (32k and 48k iterations).
         main = optax.piecewise_constant_schedule(
-            base, {int(b) - warmup: config.lr_decay_factor for b in config.lr_boundaries}
+            base, {int(b) - warmup: config.lr_decay_factor for b in boundaries}
         )
     else:
         main = optax.constant_schedule(base)
@@ -115,13 +134,25 @@ def create_optimizer(config: Any, learning_rate_fn: optax.Schedule) -> optax.Gra
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...], rng: jax.Array
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    image_shape: tuple[int, ...],
+    rng: jax.Array,
+    ema: bool = False,
 ) -> TrainState:
-    """Initialises the model for ``image_shape`` (H, W, C) and wraps it with ``tx``."""
+    """Initialises the model for ``image_shape`` (H, W, C) and wraps it with ``tx``.
+
+    With ``ema`` the state also carries a copy of the params to average into.
+    """
     x = jnp.zeros((1, *image_shape), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(rng, x)
+    params = variables["params"]
     return TrainState.create(
-        apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats")
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        batch_stats=variables.get("batch_stats"),
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
     )
 
 
@@ -155,10 +186,11 @@ def compute_metrics(
 
 
 def train_step(
-    state: TrainState, batch: Batch, rng: jax.Array, label_smoothing: float = 0.0
+    state: TrainState, batch: Batch, rng: jax.Array, label_smoothing: float = 0.0, ema_decay: float = 0.0
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on ``batch`` (``image`` (B, H, W, C), ``label`` (B,)).
 
+    With ``ema_decay`` > 0, ``ema_params`` moves towards the new params by ``1 - ema_decay``.
     Returns the new state and the batch's metric sums (see ``compute_metrics``).
     """
     dropout_rng = jax.random.fold_in(rng, state.step)
@@ -176,12 +208,19 @@ def train_step(
 
     (_, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if ema_decay > 0:
+        ema = optax.incremental_update(new_state.params, state.ema_params, step_size=1.0 - ema_decay)
+        new_state = new_state.replace(ema_params=ema)
     return new_state, compute_metrics(logits, batch["label"])
 
 
 def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-    """Metric sums over a batch; ``batch['mask']`` (B,) marks padding with 0."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    """Metric sums over a batch; ``batch['mask']`` (B,) marks padding with 0.
+
+    Evaluates the EMA weights when the state keeps them.
+    """
+    params = state.params if state.ema_params is None else state.ema_params
+    variables = {"params": params, "batch_stats": state.batch_stats}
     logits = state.apply_fn(variables, batch["image"], train=False)
     return compute_metrics(logits, batch["label"], batch.get("mask"))
 
@@ -209,13 +248,13 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
 
 
 def make_steps(
-    mesh: Mesh, label_smoothing: float = 0.0
+    mesh: Mesh, label_smoothing: float = 0.0, ema_decay: float = 0.0
 ) -> tuple[Callable[..., tuple[TrainState, dict[str, jax.Array]]], Callable[..., dict[str, jax.Array]]]:
     """The jitted train and eval steps for ``mesh``: replicated, donated state; sharded data."""
     replicated = NamedSharding(mesh, PartitionSpec())
     data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     p_train = jax.jit(
-        functools.partial(train_step, label_smoothing=label_smoothing),
+        functools.partial(train_step, label_smoothing=label_smoothing, ema_decay=ema_decay),
         in_shardings=(replicated, data, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),
@@ -225,5 +264,279 @@ def make_steps(
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a pytree on every device of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Places a pytree of host-identical values on every device of ``mesh``.
+
+    Works with several processes too, where ``device_put`` cannot reach other hosts'
+    devices: each process fills its own devices from its own copy.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            data = put(jax.random.key_data(x))
+            return jax.jit(functools.partial(jax.random.wrap_key_data, impl=impl), out_shardings=sharding)(
+                data
+            )
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, tree)
+
+
+# ---------------------------------------------------------------------------------------
+# The loop.
+
+
+def prefetch_to_mesh(batches: Iterator[Mapping[str, np.ndarray]], size: int, mesh: Mesh) -> Iterator[Batch]:
+    """Places up to ``size`` batches on the devices ahead of use; transfers are asynchronous,
+    so the next batches travel while the current step computes.
+    """
+    queue: collections.deque = collections.deque()
+    for batch in batches:
+        queue.append(shard_batch(batch, mesh))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def _check_workdir(workdir: str) -> str:
+    """Creates ``workdir`` and proves it writable before any work starts."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
+            pass
+    except OSError as e:
+        raise ValueError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from e
+    return workdir
+
+
+def _check_config(config: Any) -> None:
+    """Cheap checks of names and values, before any data is read."""
+    from train import input_pipeline
+
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
+    _choice("lr_schedule", config.lr_schedule, SCHEDULES)
+    _choice("dtype", config.dtype, DTYPES)
+    _choice("augment", config.augment, input_pipeline.AUGMENTATIONS)
+    if config.model not in resnet_jax.list_models():
+        resnet_jax.create_model(config.model)  # raises, with close-name suggestions
+    for field in ("batch_size", "log_every_steps", "grad_accum_steps", "keep_checkpoints"):
+        if config[field] < 1:
+            raise ValueError(f"config.{field}={config[field]} must be >= 1")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1)")
+
+
+class MetricWriter:
+    """TensorBoard events and ``metrics.jsonl`` in the workdir; process 0 writes."""
+
+    def __init__(self, workdir: str, resume_step: int):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.active = jax.process_index() == 0
+        self.records: list[dict[str, Any]] = []
+        if not self.active:
+            return
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                records = [json.loads(line) for line in f if line.strip()]
+            # A killed run may have logged past its last checkpoint: that part is redone.
+            self.records = [r for r in records if r["step"] <= resume_step]
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.records)
+            os.replace(tmp, self.path)
+        import tensorflow as tf
+
+        self.tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        if not self.active:
+            return
+        record = {"step": step, "split": split, **values}
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        import tensorflow as tf
+
+        with self.tb.as_default(step=step):
+            for k, v in values.items():
+                tf.summary.scalar(f"{split}/{k}", v)
+        self.tb.flush()
+
+    def plot(self, path: str) -> None:
+        """Train and eval loss and top-1 against step, as a PNG."""
+        if not self.active or not self.records:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for split, style in (("train", "-"), ("eval", "o-")):
+            rs = [r for r in self.records if r["split"] == split]
+            steps = [r["step"] for r in rs]
+            axes[0].plot(steps, [r["loss"] for r in rs], style, label=split)
+            axes[1].plot(steps, [r["top1"] for r in rs], style, label=split)
+        for ax, name in zip(axes, ("loss", "top-1 accuracy")):
+            ax.set_xlabel("step")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def _means(sums: Mapping[str, Any]) -> dict[str, float]:
+    sums = {k: float(v) for k, v in jax.device_get(sums).items()}
+    n = max(sums["count"], 1.0)
+    return {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n}
+
+
+def evaluate(p_eval: Callable[..., Any], state: TrainState, data: Any, mesh: Mesh) -> dict[str, float]:
+    """Loss, top-1 and top-5 over the whole eval split, each example counted once."""
+    total = None
+    for batch in prefetch_to_mesh(data.eval_batches(), 2, mesh):
+        m = p_eval(state, batch)
+        total = m if total is None else jax.tree.map(jnp.add, total, m)
+    count = int(jax.device_get(total["count"]))
+    if count != data.num_eval:
+        raise RuntimeError(f"eval saw {count} examples, expected {data.num_eval}")
+    return {**_means(total), "count": count}
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
+    """Trains ``config`` into ``workdir``, resuming from its newest checkpoint.
+
+    Returns a summary: final and best eval metrics, steps, wall time, images/s.
+    """
+    from tqdm.auto import tqdm
+
+    from train import checkpointing, input_pipeline
+
+    start_time = time.time()
+    _check_config(config)
+    workdir = _check_workdir(workdir)
+    mesh = create_mesh()
+    check_batch_size(config.batch_size, mesh)
+    check_batch_size(config.eval_batch_size or config.batch_size, mesh)
+    data = input_pipeline.create_data(config)
+    for split, files in data.source.skipped.items():
+        logging.warning(
+            "skipped %d undecodable image(s) in split %r: %s", len(files), split, ", ".join(files[:5])
+        )
+
+    model = resnet_jax.create_model(
+        config.model,
+        num_classes=data.num_classes,
+        in_channels=data.image_shape[-1],
+        dtype=jnp.dtype(config.dtype),
+        drop_rate=config.drop_rate,
+    )
+    learning_rate_fn = create_learning_rate_fn(config, data.steps_per_epoch)
+    tx = create_optimizer(config, learning_rate_fn)
+    init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+    state = create_train_state(model, tx, data.image_shape, init_rng, ema=config.ema_decay > 0)
+    state = replicate(state, mesh)
+    step_rng = replicate(step_rng, mesh)
+
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config)
+    state, start_step = ckpt.restore(state, mesh)
+    total = total_steps(config, data.steps_per_epoch)
+    if start_step and jax.process_index() == 0:
+        print(f"resuming from the checkpoint at step {start_step} of {total} in {workdir}", flush=True)
+    writer = MetricWriter(workdir, start_step)
+    p_train, p_eval = make_steps(mesh, config.label_smoothing, config.ema_decay)
+    eval_every = config.eval_every_steps or data.steps_per_epoch
+    ckpt_every = config.checkpoint_every_steps or data.steps_per_epoch
+
+    evals = [r for r in writer.records if r["split"] == "eval"]
+    eval_metrics: dict[str, float] | None = None
+    batches = prefetch_to_mesh(data.train_batches(start_step), config.prefetch, mesh)
+    bar = tqdm(
+        total=total, initial=start_step, unit="step", dynamic_ncols=True, disable=jax.process_index() != 0
+    )
+    sums, log_start, log_time = None, start_step, time.time()
+    compile_s, train_s, trained = 0.0, 0.0, 0
+    for step in range(start_step + 1, total + 1):
+        batch = next(batches)
+        t = time.time()
+        state, metrics = p_train(state, batch, step_rng)
+        if step == start_step + 1:
+            compile_s = time.time() - t  # the first call compiles, and blocks while it does
+            log_time = time.time()
+        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        bar.update(1)
+        is_eval = step % eval_every == 0 or step == total
+        is_ckpt = step % ckpt_every == 0 or step == total
+        if step % config.log_every_steps == 0 or is_eval or is_ckpt:
+            # Fetching the sums is the loop's only host sync, and it guards every save.
+            train_metrics = _means(sums)
+            if not all(math.isfinite(v) for v in train_metrics.values()):
+                last = ckpt.latest_step()
+                ckpt.wait()
+                raise FloatingPointError(
+                    f"non-finite train loss between steps {log_start + 1} and {step} "
+                    f"({train_metrics}); stopped without saving. The last good checkpoint "
+                    f"(step {last}) is kept in {ckpt.directory}. Lower learning_rate "
+                    f"(now {config.learning_rate}) or set grad_clip_norm."
+                )
+            elapsed = time.time() - log_time
+            n_steps = step - log_start - (1 if log_start == start_step else 0)
+            images_per_s = n_steps * config.batch_size / elapsed if elapsed > 0 and n_steps > 0 else 0.0
+            if n_steps > 0:
+                train_s, trained = train_s + elapsed, trained + n_steps
+            train_metrics.update(lr=float(learning_rate_fn(step - 1)), images_per_s=images_per_s)
+            writer.write(step, "train", train_metrics)
+            bar.set_postfix(
+                loss=f"{train_metrics['loss']:.4f}",
+                acc=f"{train_metrics['top1']:.3f}",
+                img_s=f"{images_per_s:.0f}",
+            )
+            sums, log_start, log_time = None, step, time.time()
+        if is_eval:
+            eval_metrics = evaluate(p_eval, state, data, mesh)
+            writer.write(step, "eval", eval_metrics)
+            evals.append({"step": step, **eval_metrics})
+            bar.write(
+                f"step {step}: eval loss {eval_metrics['loss']:.4f}, top-1 {eval_metrics['top1']:.4f}, "
+                f"top-5 {eval_metrics['top5']:.4f} ({eval_metrics['count']} images)"
+            )
+            log_time = time.time()
+        if is_ckpt:
+            epoch, batch_in_epoch = divmod(step, data.steps_per_epoch)
+            position = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "seed": config.seed}
+            ckpt.save(step, state, position, eval_metrics if is_eval else None)
+            log_time = time.time()
+    bar.close()
+    if eval_metrics is None:  # resumed a finished run: evaluate what was restored
+        eval_metrics = evaluate(p_eval, state, data, mesh)
+        evals.append({"step": start_step, **eval_metrics})
+    ckpt.wait()
+    ckpt.close()
+    writer.plot(os.path.join(workdir, "curves.png"))
+    best = max(evals, key=lambda r: r["top1"])
+    summary = {
+        "workdir": workdir,
+        "steps": total,
+        "final": eval_metrics,
+        "best_top1": best["top1"],
+        "best_step": best["step"],
+        "wall_s": time.time() - start_time,
+        "compile_s": compile_s,
+        "images_per_s": trained * config.batch_size / train_s if train_s > 0 else 0.0,
+        "devices": mesh.devices.size,
+    }
+    if jax.process_index() == 0:
+        print(
+            f"done: final top-1 {eval_metrics['top1']:.4f} (loss {eval_metrics['loss']:.4f}), "
+            f"best top-1 {best['top1']:.4f} at step {best['step']}, {total} steps on "
+            f"{summary['devices']} device(s) in {summary['wall_s']:.1f}s wall "
+            f"({compile_s:.1f}s compiling), {summary['images_per_s']:.0f} train images/s; wrote {workdir}",
+            flush=True,
+        )
+    return summary

@@ -1,0 +1,123 @@
+"""Orbax checkpoints of the train state, with the config and the input position.
+
+One ``CheckpointManager`` under ``WORKDIR/checkpoints`` saves asynchronously, keeps the
+last K steps plus the best by eval top-1 (an ``AnyPreservationPolicy`` of ``LatestN``
+and ``BestN``), and stores three items per step:
+
+- ``state``: params, batch_stats, optimizer state, EMA and step, as plain nested dicts;
+- ``config``: the run's config, so that a resume can refuse an incompatible one;
+- ``data``: the input position (epoch and batch within it, the seed), for the record.
+  The pipeline is a function of (seed, step), so the step alone restores it.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a
+killed run leaves the last complete step intact; the temporary ones are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import serialization
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
+
+BEST_METRIC = "top1"
+# Fields that change the shapes in the state: resuming across a change cannot work.
+_STRUCTURAL = ("model", "dataset", "image_size", "optimizer", "ema_decay", "grad_accum_steps")
+
+
+def _best_metric(metrics: dict[str, float]) -> float:
+    return metrics[BEST_METRIC]
+
+
+class Checkpointer:
+    """Saves and restores ``TrainState`` under ``directory``."""
+
+    def __init__(self, directory: str, keep: int, config: Any):
+        if keep < 1:
+            raise ValueError(f"keep_checkpoints={keep} must be >= 1")
+        self.directory = os.path.abspath(directory)
+        self.config = json.loads(config.to_json_best_effort())
+        policy = AnyPreservationPolicy(
+            [LatestN(n=keep), BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False)]
+        )
+        options = ocp.CheckpointManagerOptions(
+            best_fn=_best_metric,
+            best_mode="max",
+            preservation_policy=policy,
+            enable_async_checkpointing=True,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(
+        self, step: int, state: Any, data_position: dict[str, int], metrics: dict[str, float] | None
+    ) -> None:
+        """Starts an asynchronous save of ``state`` at ``step``; ``metrics`` from an eval at it."""
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+                config=ocp.args.JsonSave(self.config),
+                data=ocp.args.JsonSave(data_position),
+            ),
+            metrics=metrics,
+        )
+
+    def saved_config(self, step: int) -> dict[str, Any]:
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def restore(self, state: Any, mesh: Mesh, step: int | None = None) -> tuple[Any, int]:
+        """``state`` with the values of ``step`` (default: the latest), replicated on ``mesh``.
+
+        The target is ``state``'s structure with shardings for ``mesh``, so a checkpoint
+        written on N devices restores on any other count. Returns (state, step), or
+        (state, 0) untouched when there is no checkpoint.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return state, 0
+        self._check_compatible(step)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+            serialization.to_state_dict(state),
+        )
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )["state"]
+        return serialization.from_state_dict(state, restored), step
+
+    def _check_compatible(self, step: int) -> None:
+        saved = self.saved_config(step)
+        diffs = [
+            f"{k}: saved {saved.get(k)!r}, now {self.config.get(k)!r}"
+            for k in _STRUCTURAL
+            if k in saved and saved.get(k) != self.config.get(k)
+        ]
+        if diffs:
+            raise ValueError(
+                f"the checkpoint at step {step} in {self.directory} was written by a different run "
+                f"({'; '.join(diffs)}); it is left untouched. Use a new --workdir, or the saved values."
+            )
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

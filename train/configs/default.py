@@ -1,0 +1,61 @@
+r"""python -m train.main
+
+The offline quickstart: a CIFAR ResNet-20 on scikit-learn's bundled digits (1,797 real
+8x8 handwritten digits; 1,437 train, 360 held-out test, a fixed stratified split). It
+needs no download. Every other config imports this one and overrides a few fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # Model: any name from resnet_jax.list_models().
+    config.model = "resnet20"
+    config.dtype = "float32"  # 'bfloat16': bf16 compute, float32 params and BN statistics
+    config.drop_rate = 0.0  # dropout before the classifier
+
+    # Data: 'digits' (bundled), 'image_folder' (data_dir/train/CLASS/*, data_dir/test/CLASS/*)
+    # or any TFDS image-classification dataset name (cifar10, mnist, imagenet2012, ...).
+    config.dataset = "digits"
+    config.data_dir = ""  # TFDS data_dir, or the image-folder root; '' = TFDS default
+    config.manual_dir = ""  # TFDS manual_dir, for datasets such as imagenet2012
+    config.train_split = "train"
+    config.eval_split = ""  # '' = 'test', else 'validation'
+    config.validation_examples = 0  # > 0: hold out the last N train examples as the eval split
+    config.image_size = 0  # 0 = the dataset's own size (needed > 0 for variable-size images)
+    config.augment = "none"  # 'none' | 'cifar' (pad-crop, flip) | 'imagenet' (inception crop, flip)
+    config.crop_padding = 4  # 'cifar' augmentation: zero padding before the random crop
+    config.mean = (0.5,)  # per-channel normalisation, on the [0, 1] scale
+    config.std = (0.5,)
+    config.shuffle_buffer = 50_000  # examples; at least the train split's size shuffles it fully
+    config.prefetch = 2  # batches placed on the devices ahead of the step that uses them
+
+    # Optimisation.
+    config.batch_size = 64  # global, over all devices and processes
+    config.eval_batch_size = 0  # 0 = batch_size
+    config.optimizer = "sgd"  # sgd | nesterov | adam | adamw | lars | lamb
+    config.learning_rate = 0.1
+    config.lr_base_batch_size = 0  # > 0: lr = learning_rate * batch_size / this (Goyal et al. 2017)
+    config.momentum = 0.9
+    config.weight_decay = 5e-4  # never applied to BatchNorm parameters or biases
+    config.lr_schedule = "cosine"  # cosine | piecewise | constant
+    config.warmup_epochs = 1.0
+    config.lr_boundaries = ()  # 'piecewise': steps at which the lr is multiplied by lr_decay_factor
+    config.lr_boundary_epochs = ()  # the same in epochs, used when lr_boundaries is empty
+    config.lr_decay_factor = 0.1
+    config.num_epochs = 15.0
+    config.num_train_steps = -1  # > 0 overrides num_epochs
+    config.label_smoothing = 0.0
+    config.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
+    config.grad_accum_steps = 1  # > 1: one optimizer update every this many batches
+    config.ema_decay = 0.0  # > 0: keep an EMA of the weights and evaluate with it
+
+    # Bookkeeping.
+    config.log_every_steps = 20
+    config.eval_every_steps = 0  # 0 = once per epoch
+    config.checkpoint_every_steps = 0  # 0 = once per epoch
+    config.keep_checkpoints = 3  # the last K, plus the best by eval top-1
+    config.seed = 0
+    return config

@@ -1,0 +1,27 @@
+r"""python -m train.main --config=train/configs/image_folder.py --workdir=/tmp/mine --config.data_dir=ROOT
+
+Your own images: ROOT/train/CLASS/*.jpg and ROOT/test/CLASS/*.jpg (png, bmp and gif
+work too), read through TFDS's ImageFolder. Undecodable files are skipped and counted;
+grayscale and CMYK images are converted to RGB. Set `--config.image_size` for your images
+(32 below suits CIFAR-sized images; use 224 with `--config.augment=imagenet` and a
+`resnet50` for photographs).
+"""
+
+from train.configs import cifar10
+
+
+def get_config():
+    config = cifar10.get_config()
+    config.dataset = "image_folder"
+    config.data_dir = ""  # required: the folder holding train/ and test/
+    config.image_size = 32
+    config.lr_schedule = "cosine"
+    config.lr_boundaries = ()
+    config.warmup_epochs = 1.0
+    config.num_train_steps = -1
+    config.num_epochs = 30.0
+    config.mean = (0.485, 0.456, 0.406)
+    config.std = (0.229, 0.224, 0.225)
+    config.eval_every_steps = 0
+    config.checkpoint_every_steps = 0
+    return config

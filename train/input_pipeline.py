@@ -1,0 +1,494 @@
+"""Input pipelines: TFDS datasets, image folders and the bundled digits, as tf.data.
+
+The train stream is a pure function of (seed, step): epoch ``e`` shuffles the split with
+seed ``(seed, e)``, and every example's augmentation draws from a stateless seed made of
+(seed, epoch, its position in the epoch). Resuming at step ``s`` therefore skips the raw
+records of the first ``s mod steps_per_epoch`` batches of the current epoch, before any
+decoding, and reproduces the uninterrupted stream exactly.
+
+The global order does not depend on the device or process count either: each process
+takes every P-th record of the shuffled stream (``Dataset.shard``) and decodes and
+augments only those, so a global batch holds the same examples on 1 or N processes.
+
+TensorFlow runs on the CPU only; ``hide_gpus_from_tensorflow`` keeps it off the
+accelerators, whose memory belongs to JAX.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+AUGMENTATIONS = ("none", "cifar", "imagenet")
+BUILTIN_DATASETS = ("digits", "image_folder")
+# ImageNet evaluation: resize so that the crop is 87.5% of the shorter side (224 of 256).
+CENTER_CROP_FRACTION = 0.875
+
+
+def hide_gpus_from_tensorflow() -> None:
+    """TF would otherwise reserve GPU memory that JAX needs; it only feeds data here."""
+    with contextlib.suppress(RuntimeError):  # already initialised: too late to change
+        tf.config.set_visible_devices([], "GPU")
+
+
+hide_gpus_from_tensorflow()
+
+
+# ---------------------------------------------------------------------------------------
+# Preprocessing: plain functions of one image, usable eagerly and inside tf.data.
+# Random ones take a stateless seed (shape (2,) int) so that the stream is reproducible.
+
+
+def decode_image(image_bytes: tf.Tensor, channels: int) -> tf.Tensor:
+    """Encoded JPEG/PNG/BMP/GIF bytes -> uint8 (H, W, channels).
+
+    Grayscale, RGBA and CMYK images are converted to ``channels``.
+    """
+    image = tf.io.decode_image(image_bytes, channels=channels, expand_animations=False)
+    image.set_shape([None, None, channels])
+    return image
+
+
+def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+    """uint8 or [0, 255] image -> float32 ``(image / 255 - mean) / std`` per channel."""
+    image = tf.cast(image, tf.float32) / 255.0
+    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def pad_and_random_crop(image: tf.Tensor, padding: int, seed: tf.Tensor) -> tf.Tensor:
+    """Zero-pads each side by ``padding`` and crops back to the original size at random."""
+    shape = tf.shape(image)
+    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
+    return tf.image.stateless_random_crop(padded, shape, seed=seed)
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Horizontal flip with probability 1/2."""
+    return tf.image.stateless_random_flip_left_right(image, seed=seed)
+
+
+def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Bilinear resize to (size, size); the result keeps the input's dtype."""
+    out = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+    return tf.cast(tf.round(out), image.dtype) if image.dtype == tf.uint8 else out
+
+
+def inception_crop(
+    image: tf.Tensor,
+    size: int,
+    seed: tf.Tensor,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tf.Tensor:
+    """A random crop covering ``area_range`` of the image with a random aspect ratio,
+    resized to (size, size): the "Inception" augmentation (Szegedy et al. 2015), as
+    torchvision's RandomResizedCrop.
+    """
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=aspect_ratio_range,
+        area_range=area_range,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return resize(tf.slice(image, begin, crop_size), size)
+
+
+def resize_and_center_crop(image: tf.Tensor, size: int, fraction: float = CENTER_CROP_FRACTION) -> tf.Tensor:
+    """Resizes the shorter side to ``size / fraction``, then takes the central (size, size)."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = (size / fraction) / tf.reduce_min(shape)
+    new_shape = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.image.resize(image, new_shape, method="bilinear", antialias=True)
+    top = (new_shape[0] - size) // 2
+    left = (new_shape[1] - size) // 2
+    return tf.slice(image, [top, left, 0], [size, size, -1])
+
+
+def preprocess(
+    image: tf.Tensor, *, train: bool, augment: str, image_size: int, padding: int, mean, std, seed
+) -> tf.Tensor:
+    """One decoded uint8 image -> the normalised float32 model input."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if augment == "imagenet":
+        if train:
+            image = random_flip(inception_crop(image, image_size, crop_seed), flip_seed)
+        else:
+            image = resize_and_center_crop(image, image_size)
+    else:
+        if image_size:
+            image = resize(image, image_size)
+        if train and augment == "cifar":
+            image = random_flip(pad_and_random_crop(image, padding, crop_seed), flip_seed)
+    return normalize(image, mean, std)
+
+
+# ---------------------------------------------------------------------------------------
+# Sources: where the raw records come from. A record is {'image', 'label'}; 'image' is
+# either encoded bytes (decoded after sharding) or an already decoded uint8 array.
+
+
+@dataclasses.dataclass
+class Source:
+    name: str
+    num_classes: int
+    class_names: list[str]
+    image_shape: tuple[int | None, int | None, int]  # the dataset's own (H, W, C)
+    split_sizes: dict[str, int]
+    records: Callable[[str, int | None], tf.data.Dataset]  # (split, shuffle seed) -> records
+    encoded: bool  # records hold encoded bytes
+    skipped: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # split -> bad files
+
+
+def _digits_source() -> Source:
+    """scikit-learn's 1,797 8x8 digits, split 80/20 once and for all (stratified, seed 0)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, labels, test_size=0.2, random_state=0, stratify=labels
+    )
+    splits = {"train": (x_train, y_train), "test": (x_test, y_test)}
+
+    def records(split: str, seed: int | None) -> tf.data.Dataset:
+        x, y = splits[split]
+        return tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
+
+    return Source(
+        name="digits",
+        num_classes=10,
+        class_names=[str(i) for i in range(10)],
+        image_shape=(8, 8, 1),
+        split_sizes={k: len(v[1]) for k, v in splits.items()},
+        records=records,
+        encoded=False,
+    )
+
+
+def _undecodable(paths: Sequence[str]) -> list[str]:
+    """The files among ``paths`` that TF cannot decode, found in one parallel pass."""
+
+    def try_decode(i, path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return i, tf.shape(image)[0]
+
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), list(paths)))
+    ds = ds.map(try_decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    ok = np.zeros(len(paths), bool)
+    for batch in ds.batch(4096).as_numpy_iterator():
+        ok[batch[0]] = True
+    return [p for p, good in zip(paths, ok) if not good]
+
+
+def _image_folder_source(root: str) -> Source:
+    """ROOT/SPLIT/CLASS/* through TFDS's ImageFolder; undecodable files are dropped."""
+    if not root:
+        raise ValueError("dataset 'image_folder' needs --config.data_dir=ROOT holding ROOT/train/CLASS/*")
+    if not tf.io.gfile.isdir(root):
+        raise ValueError(f"image folder data_dir={root!r} is not a directory")
+    builder = tfds.ImageFolder(root)
+    splits = dict(builder.info.splits)
+    if "train" not in splits:
+        raise ValueError(f"image folder {root!r} has no train/ subfolder; found: {sorted(splits)}")
+    class_names = builder.info.features["label"].names
+    skipped: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
+    for split in splits:
+        files = [
+            f.decode() if isinstance(f, bytes) else f
+            for f in builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+            .map(lambda r: r["image/filename"])
+            .as_numpy_iterator()
+        ]
+        skipped[split] = _undecodable(files)
+        sizes[split] = len(files) - len(skipped[split])
+
+    def records(split: str, seed: int | None) -> tf.data.Dataset:
+        ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        bad = skipped[split]
+        if bad:
+            table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(tf.constant(bad), tf.ones(len(bad), tf.int32)), 0
+            )
+            ds = ds.filter(lambda r: table.lookup(r["image/filename"]) == 0)
+        return ds.map(lambda r: {"image": r["image"], "label": r["label"]})
+
+    return Source(
+        name=f"image_folder:{root}",
+        num_classes=len(class_names),
+        class_names=list(class_names),
+        image_shape=(None, None, 3),
+        split_sizes=sizes,
+        records=records,
+        encoded=True,
+        skipped={k: v for k, v in skipped.items() if v},
+    )
+
+
+def _tfds_source(name: str, data_dir: str, manual_dir: str) -> Source:
+    """Any TFDS image-classification dataset, prepared (downloaded) on first use."""
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        known = [*BUILTIN_DATASETS, *tfds.list_builders()]
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise ValueError(
+            f"unknown dataset {name!r}; {hint}valid: 'digits', 'image_folder' or a TFDS "
+            f"image-classification dataset such as cifar10, cifar100, mnist, fashion_mnist, "
+            f"imagenette, imagenet2012 (tfds.list_builders() has all {len(known) - 2})"
+        ) from e
+    keys = builder.info.supervised_keys
+    if not keys or "image" not in builder.info.features or keys[0] != "image":
+        raise ValueError(f"dataset {name!r} is not an image-classification dataset (supervised keys {keys})")
+    if not builder.is_prepared():
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
+        try:
+            builder.download_and_prepare(download_config=download_config)
+        except Exception as e:
+            raise RuntimeError(
+                f"could not prepare TFDS dataset {name!r} in {builder.data_dir!r}: {e}\n"
+                "Offline? Prepare it on a connected machine and pass its --config.data_dir; "
+                "manual-download datasets (imagenet2012) need --config.manual_dir."
+            ) from e
+    label = builder.info.features[keys[1]]
+    image_feature = builder.info.features["image"]
+
+    def records(split: str, seed: int | None) -> tf.data.Dataset:
+        read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16)
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=seed is not None,
+            decoders={"image": tfds.decode.SkipDecoding()},
+            read_config=read_config,
+        )
+        return ds.map(lambda r: {"image": r["image"], "label": r[keys[1]]})
+
+    return Source(
+        name=name,
+        num_classes=label.num_classes,
+        class_names=list(label.names),
+        image_shape=tuple(image_feature.shape),
+        split_sizes={k: v.num_examples for k, v in builder.info.splits.items()},
+        records=records,
+        encoded=True,
+    )
+
+
+def create_source(config: Any) -> Source:
+    if config.dataset == "digits":
+        return _digits_source()
+    if config.dataset == "image_folder":
+        return _image_folder_source(config.data_dir)
+    return _tfds_source(config.dataset, config.data_dir, config.manual_dir)
+
+
+# ---------------------------------------------------------------------------------------
+# Splits and batches.
+
+
+def _slice_spec(split: str) -> tuple[str, int, int | None]:
+    """'train[:45000]' -> ('train', 0, 45000); plain names take the whole split."""
+    if "[" not in split:
+        return split, 0, None
+    base, rest = split.split("[", 1)
+    lo, hi = rest.rstrip("]").split(":")
+    return base, int(lo or 0), int(hi) if hi else None
+
+
+@dataclasses.dataclass
+class Data:
+    """The splits of one dataset, batched for this process.
+
+    ``train_batches(step)`` yields this process's part of every global batch from global
+    step ``step`` on, forever; ``eval_batches()`` covers the eval split exactly once,
+    with the last partial batch padded and marked by ``mask == 0``.
+    """
+
+    source: Source
+    config: Any
+    train_split: str
+    eval_split: str
+    num_train: int
+    num_eval: int
+    image_shape: tuple[int, int, int]  # the model input (H, W, C)
+    steps_per_epoch: int
+    eval_steps: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    def _split_records(self, split: str, seed: int | None) -> tf.data.Dataset:
+        base, lo, hi = _slice_spec(split)
+        ds = self.source.records(base, None)
+        # Slices are taken before shuffling so that they are the same examples every time.
+        if lo:
+            ds = ds.skip(lo)
+        if hi is not None:
+            ds = ds.take(hi - lo)
+        if seed is not None:
+            ds = ds.shuffle(self.config.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+        return ds
+
+    def _preprocess_fn(self, train: bool) -> Callable[..., dict[str, tf.Tensor]]:
+        c, channels = self.config, self.image_shape[-1]
+        size = c.image_size if c.image_size else 0
+        encoded = self.source.encoded
+
+        def fn(index, record, seed):
+            image = decode_image(record["image"], channels) if encoded else record["image"]
+            seed = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
+            image = preprocess(
+                image,
+                train=train,
+                augment=c.augment,
+                image_size=size,
+                padding=c.crop_padding,
+                mean=c.mean,
+                std=c.std,
+                seed=seed,
+            )
+            image = tf.ensure_shape(image, self.image_shape)
+            return {"image": image, "label": tf.cast(record["label"], tf.int32)}
+
+        return fn
+
+    def _epoch(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
+        c = self.config
+        epoch_seed = int(np.random.SeedSequence([c.seed, epoch]).generate_state(1)[0] % (2**31))
+        ds = self._split_records(self.train_split, epoch_seed)
+        ds = ds.take(self.steps_per_epoch * c.batch_size)  # whole global batches only
+        ds = ds.enumerate()
+        ds = ds.skip(skip_batches * c.batch_size)  # raw records: nothing decoded yet
+        ds = ds.shard(jax_process_count(), jax_process_index())
+        fn = self._preprocess_fn(train=True)
+        ds = ds.map(lambda i, r: fn(i, r, epoch_seed), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(c.batch_size // jax_process_count(), drop_remainder=True)
+
+    def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        epoch, offset = divmod(start_step, self.steps_per_epoch)
+        while True:
+            ds = self._epoch(epoch, offset).prefetch(tf.data.AUTOTUNE)
+            yield from ds.with_options(_options()).as_numpy_iterator()
+            epoch, offset = epoch + 1, 0
+
+    def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        c = self.config
+        local = self.eval_batch_size // jax_process_count()
+        ds = self._split_records(self.eval_split, None).enumerate()
+        ds = ds.shard(jax_process_count(), jax_process_index())
+        fn = self._preprocess_fn(train=False)
+        ds = ds.map(lambda i, r: fn(i, r, c.seed), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(local).prefetch(tf.data.AUTOTUNE).with_options(_options())
+        n = 0
+        for batch in ds.as_numpy_iterator():
+            yield _pad(batch, local)
+            n += 1
+        # Every process runs the same number of (collective) eval steps.
+        empty = {
+            "image": np.zeros((local, *self.image_shape), np.float32),
+            "label": np.zeros(local, np.int32),
+        }
+        for _ in range(n, self.eval_steps):
+            yield _pad({k: v[:0] for k, v in empty.items()}, local)
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.config.eval_batch_size or self.config.batch_size
+
+
+def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    n = len(batch["label"])
+    out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+    out["mask"] = (np.arange(size) < n).astype(np.float32)
+    return out
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = 0  # TF's default pool
+    return options
+
+
+def jax_process_count() -> int:
+    return jax.process_count()
+
+
+def jax_process_index() -> int:
+    return jax.process_index()
+
+
+def _split_size(source: Source, split: str) -> int:
+    base, lo, hi = _slice_spec(split)
+    if base not in source.split_sizes:
+        raise ValueError(
+            f"dataset {source.name!r} has no split {base!r}; valid: {', '.join(source.split_sizes)}"
+        )
+    total = source.split_sizes[base]
+    return min(total, hi if hi is not None else total) - lo
+
+
+def create_data(config: Any) -> Data:
+    """The train and eval splits named by ``config``, batched for this process."""
+    source = create_source(config)
+    train_split, eval_split = config.train_split, config.eval_split
+    if not eval_split:
+        eval_split = "test" if "test" in source.split_sizes else "validation"
+    if config.validation_examples > 0:
+        # Hold out the last N train examples (He et al.'s 45k/5k CIFAR split).
+        n = _split_size(source, train_split) - config.validation_examples
+        if n <= 0:
+            raise ValueError(f"validation_examples={config.validation_examples} leaves no train examples")
+        train_split, eval_split = f"{train_split}[:{n}]", f"{train_split}[{n}:]"
+    num_train, num_eval = _split_size(source, train_split), _split_size(source, eval_split)
+    if config.augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {config.augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+    h, w, channels = source.image_shape
+    size = config.image_size
+    if not size and (h is None or w is None):
+        raise ValueError(f"dataset {source.name!r} has images of varying size; set --config.image_size")
+    if config.augment == "imagenet" and not size:
+        raise ValueError("augment='imagenet' needs --config.image_size (e.g. 224)")
+    image_shape = (size, size, channels) if size else (h, w, channels)
+    for field in ("mean", "std"):
+        if len(config[field]) not in (1, channels):
+            raise ValueError(
+                f"config.{field}={tuple(config[field])} has {len(config[field])} values; "
+                f"dataset {source.name!r} has {channels} channel(s)"
+            )
+    steps_per_epoch = num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={config.batch_size} exceeds the {num_train} train examples")
+    eval_batch = config.eval_batch_size or config.batch_size
+    local_eval = eval_batch // jax_process_count()
+    eval_steps = math.ceil(math.ceil(num_eval / jax_process_count()) / local_eval)
+    return Data(
+        source=source,
+        config=config,
+        train_split=train_split,
+        eval_split=eval_split,
+        num_train=num_train,
+        num_eval=num_eval,
+        image_shape=image_shape,
+        steps_per_epoch=steps_per_epoch,
+        eval_steps=eval_steps,
+    )
