@@ -77,9 +77,17 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def resize(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Bilinear resize to (size, size); the result keeps the input's dtype."""
-    out = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
-    return tf.cast(tf.round(out), image.dtype) if image.dtype == tf.uint8 else out
+    """Bilinear resize to (size, size), skipped when already that size; keeps the dtype."""
+
+    def _resize():
+        out = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+        return tf.cast(tf.round(out), image.dtype) if image.dtype == tf.uint8 else tf.cast(out, image.dtype)
+
+    shape = tf.shape(image)
+    same = tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size))
+    out = tf.cond(same, lambda: image, _resize)
+    out.set_shape([size, size, image.shape[-1]])
+    return out
 
 
 def inception_crop(
@@ -182,19 +190,20 @@ def _digits_source() -> Source:
     )
 
 
-def _undecodable(paths: Sequence[str]) -> list[str]:
-    """The files among ``paths`` that TF cannot decode, found in one parallel pass."""
+def _scan(paths: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """One parallel decoding pass: the files TF cannot decode, and every file's (H, W)."""
 
     def try_decode(i, path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return i, tf.shape(image)[0]
+        return i, tf.shape(image)[:2]
 
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), list(paths)))
     ds = ds.map(try_decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-    ok = np.zeros(len(paths), bool)
-    for batch in ds.batch(4096).as_numpy_iterator():
-        ok[batch[0]] = True
-    return [p for p, good in zip(paths, ok) if not good]
+    shapes = np.zeros((len(paths), 2), np.int64)  # (0, 0) marks an undecodable file
+    for index, hw in ds.batch(4096).as_numpy_iterator():
+        shapes[index] = hw
+    bad = [p for p, hw in zip(paths, shapes) if hw[0] == 0]
+    return bad, shapes[shapes[:, 0] > 0]
 
 
 def _image_folder_source(root: str) -> Source:
@@ -210,6 +219,7 @@ def _image_folder_source(root: str) -> Source:
     class_names = builder.info.features["label"].names
     skipped: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
+    shapes = set()
     for split in splits:
         files = [
             f.decode() if isinstance(f, bytes) else f
@@ -217,8 +227,9 @@ def _image_folder_source(root: str) -> Source:
             .map(lambda r: r["image/filename"])
             .as_numpy_iterator()
         ]
-        skipped[split] = _undecodable(files)
+        skipped[split], hw = _scan(files)
         sizes[split] = len(files) - len(skipped[split])
+        shapes.update(map(tuple, hw.tolist()))
 
     def records(split: str, seed: int | None) -> tf.data.Dataset:
         ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
@@ -234,7 +245,8 @@ def _image_folder_source(root: str) -> Source:
         name=f"image_folder:{root}",
         num_classes=len(class_names),
         class_names=list(class_names),
-        image_shape=(None, None, 3),
+        # A folder whose images all share one size is a fixed-size dataset.
+        image_shape=(*shapes.pop(), 3) if len(shapes) == 1 else (None, None, 3),
         split_sizes=sizes,
         records=records,
         encoded=True,
@@ -281,12 +293,17 @@ def _tfds_source(name: str, data_dir: str, manual_dir: str) -> Source:
         )
         return ds.map(lambda r: {"image": r["image"], "label": r[keys[1]]})
 
+    sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
+    if not sizes:  # no split metadata: TFDS mock data, as in the tests; count the usual splits
+        sizes = {
+            k: int(records(k, None).reduce(0, lambda n, _: n + 1)) for k in ("train", "validation", "test")
+        }
     return Source(
         name=name,
         num_classes=label.num_classes,
         class_names=list(label.names),
         image_shape=tuple(image_feature.shape),
-        split_sizes={k: v.num_examples for k, v in builder.info.splits.items()},
+        split_sizes=sizes,
         records=records,
         encoded=True,
     )
@@ -465,7 +482,9 @@ def create_data(config: Any) -> Data:
     h, w, channels = source.image_shape
     size = config.image_size
     if not size and (h is None or w is None):
-        raise ValueError(f"dataset {source.name!r} has images of varying size; set --config.image_size")
+        raise ValueError(
+            f"dataset {source.name!r} has images of varying sizes; set --config.image_size (e.g. 224)"
+        )
     if config.augment == "imagenet" and not size:
         raise ValueError("augment='imagenet' needs --config.image_size (e.g. 224)")
     image_shape = (size, size, channels) if size else (h, w, channels)

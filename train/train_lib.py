@@ -532,6 +532,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         "devices": mesh.devices.size,
     }
     if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
         print(
             f"done: final top-1 {eval_metrics['top1']:.4f} (loss {eval_metrics['loss']:.4f}), "
             f"best top-1 {best['top1']:.4f} at step {best['step']}, {total} steps on "

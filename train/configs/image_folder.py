@@ -2,9 +2,9 @@ r"""python -m train.main --config=train/configs/image_folder.py --workdir=/tmp/m
 
 Your own images: ROOT/train/CLASS/*.jpg and ROOT/test/CLASS/*.jpg (png, bmp and gif
 work too), read through TFDS's ImageFolder. Undecodable files are skipped and counted;
-grayscale and CMYK images are converted to RGB. Set `--config.image_size` for your images
-(32 below suits CIFAR-sized images; use 224 with `--config.augment=imagenet` and a
-`resnet50` for photographs).
+grayscale and CMYK images are converted to RGB. Images that all share one size train at
+that size; photographs of varying sizes need `--config.image_size=224
+--config.augment=imagenet --config.model=resnet50`.
 """
 
 from train.configs import cifar10
@@ -14,7 +14,7 @@ def get_config():
     config = cifar10.get_config()
     config.dataset = "image_folder"
     config.data_dir = ""  # required: the folder holding train/ and test/
-    config.image_size = 32
+    config.image_size = 0  # 0: the images' own size when they all share one (CIFAR: 32)
     config.lr_schedule = "cosine"
     config.lr_boundaries = ()
     config.warmup_epochs = 1.0

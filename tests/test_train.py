@@ -1,0 +1,235 @@
+"""End to end: `python -m train.main` on real data, across devices and processes, killed
+and resumed, and every bad input it must refuse."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+
+from train import checkpointing, train_lib
+from train.configs import default
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+# A short digits run, fixed for the comparisons below: low lr, so that float
+# reassociation between device layouts stays at rounding level.
+SHORT = [
+    "--config.num_train_steps=12",
+    "--config.log_every_steps=1",
+    "--config.eval_every_steps=12",
+    "--config.checkpoint_every_steps=12",
+    "--config.learning_rate=0.02",
+]
+
+
+def _env(devices=1):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def _main(workdir, *flags, devices=1, check=True, **kwargs):
+    cmd = [sys.executable, "-m", "train.main", f"--workdir={workdir}", *flags]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(devices), capture_output=True, text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def _records(workdir, split):
+    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def _summary(workdir):
+    return json.loads((pathlib.Path(workdir) / "summary.json").read_text())
+
+
+def test_default_command_reaches_95_percent(tmp_path):
+    # The README's quickstart, verbatim but for the workdir: digits, resnet20, 15 epochs.
+    proc = _main(tmp_path / "run")
+    assert f"writing to {tmp_path / 'run'}" in proc.stdout
+    summary = _summary(tmp_path / "run")
+    print(f"\ndefault config: {summary}")
+    assert summary["final"]["top1"] >= 0.95
+    assert summary["final"]["count"] == 360
+    assert "done: final top-1" in proc.stdout
+    evals = _records(tmp_path / "run", "eval")
+    assert [r["step"] for r in evals] == [22 * (i + 1) for i in range(15)]  # once per epoch
+    assert {"loss", "top1", "top5", "lr", "images_per_s"} <= set(_records(tmp_path / "run", "train")[0])
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # The last 3 checkpoints plus the best, each with its config.
+    steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    best = max(evals, key=lambda r: r["top1"])["step"]
+    assert steps[-3:] == [286, 308, 330] and best in steps and len(steps) <= 4
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "330" / "config" / "metadata").read_text())
+    assert saved["model"] == "resnet20" and saved["dataset"] == "digits"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_devices_and_processes_give_the_one_device_result(tmp_path):
+    one = tmp_path / "one"
+    _main(one, *SHORT)
+    _main(tmp_path / "eight", *SHORT, devices=8)
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "train.main",
+                f"--workdir={tmp_path / 'two_processes'}",
+                *SHORT,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    assert "on 2 device(s)" in outs[0]
+    reference = [r["loss"] for r in _records(one, "train")]
+    assert len(reference) == 12
+    for name in ("eight", "two_processes"):
+        losses = [r["loss"] for r in _records(tmp_path / name, "train")]
+        np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            _summary(tmp_path / name)["final"]["loss"], _summary(one)["final"]["loss"], rtol=1e-5
+        )
+    assert _summary(tmp_path / "eight")["devices"] == 8
+    # A checkpoint written on 8 devices restores on 1: the resumed run finds it complete
+    # and evaluates the restored state.
+    proc = _main(tmp_path / "eight", *SHORT)
+    assert "resuming from the checkpoint at step 12 of 12" in proc.stdout
+    restored = _summary(tmp_path / "eight")
+    assert restored["devices"] == 1
+    np.testing.assert_allclose(restored["final"]["loss"], _summary(one)["final"]["loss"], rtol=1e-5)
+
+
+def test_kill_9_then_restart_reaches_the_uninterrupted_result(tmp_path):
+    flags = [
+        "--config.num_train_steps=66",
+        "--config.eval_every_steps=66",
+        "--config.checkpoint_every_steps=11",
+        "--config.log_every_steps=11",
+    ]
+    _main(tmp_path / "straight", *flags)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "train.main", f"--workdir={killed}", *flags]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "22").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "killed too late: the run had finished"
+    resumed = _main(killed, *flags)
+    start = int(resumed.stdout.split("resuming from the checkpoint at step ")[1].split()[0])
+    assert 22 <= start < 66
+    final, straight = _summary(killed)["final"], _summary(tmp_path / "straight")["final"]
+    print(f"\nkilled after step >= 22, resumed from {start}: eval loss {final['loss']} vs {straight['loss']}")
+    np.testing.assert_allclose(final["loss"], straight["loss"], rtol=1e-6)
+    assert final["top1"] == straight["top1"]
+
+
+def _config(**overrides):
+    config = default.get_config()
+    config.update(overrides)
+    return config
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    # The lr jumps by 1e30 at step 10: the weights overflow, and the run must stop
+    # before saving anything from the broken state.
+    config = _config(
+        num_train_steps=40,
+        lr_schedule="piecewise",
+        warmup_epochs=0.0,
+        lr_boundaries=(10,),
+        lr_decay_factor=1e30,
+        checkpoint_every_steps=5,
+        eval_every_steps=40,
+        log_every_steps=5,
+    )
+    with pytest.raises(FloatingPointError, match=r"non-finite train loss.*last good checkpoint \(step 10\)"):
+        train_lib.train_and_evaluate(config, str(tmp_path))
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 3, config)
+    assert ckpt.all_steps() == [5, 10]
+    # A different model must not resume from (or overwrite) these checkpoints.
+    with pytest.raises(ValueError, match=r"model: saved 'resnet20', now 'resnet32'.*left untouched"):
+        train_lib.train_and_evaluate(_config(model="resnet32", num_train_steps=40), str(tmp_path))
+    assert ckpt.all_steps() == [5, 10]
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"model": "resnet21"}, r"unknown model 'resnet21'.*did you mean"),
+        (
+            {"optimizer": "adagrad"},
+            r"unknown optimizer 'adagrad'; valid: sgd, nesterov, adam, adamw, lars, lamb",
+        ),
+        ({"dtype": "float16"}, r"unknown dtype 'float16'; valid: float32, bfloat16"),
+        ({"dataset": "imagenet2013"}, r"unknown dataset 'imagenet2013'; did you mean .*'imagenet2012'"),
+        ({"batch_size": 5000}, r"batch_size=5000 exceeds the 1437 train examples"),
+    ],
+)
+def test_bad_config_values_are_named_with_the_choices(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        train_lib.train_and_evaluate(_config(**overrides), str(tmp_path))
+
+
+def test_unwritable_workdir_fails_before_training(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=r"workdir '.*a_file/run' is not writable"):
+        train_lib.train_and_evaluate(_config(), str(blocker / "run"))
+
+
+def test_config_typo_is_refused_by_the_locked_config(tmp_path):
+    proc = _main(tmp_path, "--config.learning_rat=0.5", check=False)
+    assert proc.returncode != 0
+    assert "learning_rat" in proc.stderr and "learning_rate" in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.skipif(not CIFAR.exists(), reason="needs ../shared/datasets/cifar10-jpeg.tar.gz")
+def test_cifar10_jpeg_folder_short_run(tmp_path):
+    with tarfile.open(CIFAR) as tar:
+        tar.extractall(tmp_path / "cifar10", filter="data")
+    flags = [
+        "--config=train/configs/cifar10.py",
+        "--config.dataset=image_folder",
+        f"--config.data_dir={tmp_path / 'cifar10'}",
+        "--config.num_train_steps=100",
+        "--config.eval_split=test[:2000]",
+    ]
+    _main(tmp_path / "run", *flags)
+    summary = _summary(tmp_path / "run")
+    print(f"\nCIFAR-10 JPEG folder, resnet20, 100 steps of 128: {summary}")
+    assert summary["final"]["count"] == 2000
+    assert summary["final"]["top1"] >= 0.25  # chance is 0.10; measured 0.347
