@@ -71,8 +71,10 @@ def test_default_command_reaches_95_percent(tmp_path):
     assert (tmp_path / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # The last 3 checkpoints plus the best, each with its config.
     steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
-    best = max(evals, key=lambda r: r["top1"])["step"]
-    assert steps[-3:] == [286, 308, 330] and best in steps and len(steps) <= 4
+    best = max(r["top1"] for r in evals)
+    kept_best = [r for r in evals if r["step"] == summary["best_step"]]
+    assert steps[-3:] == [286, 308, 330] and summary["best_step"] in steps and len(steps) <= 4
+    assert kept_best[0]["top1"] == best == summary["best_top1"]
     saved = json.loads((tmp_path / "run" / "checkpoints" / "330" / "config" / "metadata").read_text())
     assert saved["model"] == "resnet20" and saved["dataset"] == "digits"
 

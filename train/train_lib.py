@@ -519,7 +519,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     ckpt.wait()
     ckpt.close()
     writer.plot(os.path.join(workdir, "curves.png"))
-    best = max(evals, key=lambda r: r["top1"])
+    # Ties go to the later step, as Orbax's BestN keeps it.
+    best = max(reversed(evals), key=lambda r: r["top1"])
     summary = {
         "workdir": workdir,
         "steps": total,
