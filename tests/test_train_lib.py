@@ -1,5 +1,6 @@
 """The training library: schedules, masked decay, losses, metrics, sharded steps."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -184,3 +185,47 @@ def test_eight_devices_reproduce_one_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def _tiny_state(ema=False, dtype=jnp.float32):
+    model = resnet_jax.create_model("resnet20", stage_sizes=(1, 1), num_classes=4, dtype=dtype)
+    return train_lib.create_train_state(model, optax.sgd(0.1), (8, 8, 3), jax.random.key(0), ema=ema)
+
+
+def _tiny_batch():
+    rng = np.random.default_rng(0)
+    return {
+        "image": jnp.asarray(rng.normal(size=(4, 8, 8, 3)).astype(np.float32)),
+        "label": jnp.asarray(rng.integers(0, 4, 4).astype(np.int32)),
+    }
+
+
+def test_ema_follows_the_params_and_is_what_eval_uses():
+    state = _tiny_state(ema=True)
+    before = state.params
+    new, _ = jax.jit(functools.partial(train_lib.train_step, ema_decay=0.9))(
+        state, _tiny_batch(), jax.random.key(1)
+    )
+    jax.tree.map(
+        lambda e, old, p: np.testing.assert_allclose(e, 0.9 * old + 0.1 * p, rtol=1e-5, atol=1e-7),
+        new.ema_params,
+        before,
+        new.params,
+    )
+    # Eval uses the EMA weights: swapping them in changes the logits' loss.
+    batch = {**_tiny_batch(), "mask": jnp.ones(4)}
+    with_ema = train_lib.eval_step(new, batch)["loss"]
+    without = train_lib.eval_step(new.replace(ema_params=None), batch)["loss"]
+    assert float(with_ema) != float(without)
+    assert _tiny_state().ema_params is None
+
+
+def test_bfloat16_computes_in_bf16_and_keeps_float32_state():
+    state = _tiny_state(dtype=jnp.bfloat16)
+    new, metrics = jax.jit(train_lib.train_step)(state, _tiny_batch(), jax.random.key(1))
+    dtypes = {x.dtype for x in jax.tree.leaves((new.params, new.batch_stats, new.opt_state))}
+    assert dtypes == {jnp.dtype(jnp.float32)}
+    assert np.isfinite(float(metrics["loss"]))
+    # The convolutions really run in bf16.
+    hlo = jax.jit(train_lib.train_step).lower(state, _tiny_batch(), jax.random.key(1)).as_text()
+    assert "bf16" in hlo
