@@ -115,6 +115,16 @@ def test_gradient_clipping_and_accumulation(small_params):
     assert float(optax.tree.norm(first)) == 0.0  # nothing applied until the second micro-batch
     second, _ = accum.update(big, state, small_params)
     assert float(optax.tree.norm(second)) > 0.0
+    # The schedule is in micro-batch steps: update u runs at the lr of step u * k.
+    sgd = train_lib.create_optimizer(
+        _config(momentum=0.0, weight_decay=0.0, grad_accum_steps=4), lambda step: 1.0 / (1.0 + step)
+    )
+    state, norms = sgd.init(small_params), []
+    for _ in range(8):
+        update, state = sgd.update(big, state, small_params)
+        norms.append(float(optax.tree.norm(update)))
+    assert norms[0] == norms[1] == norms[2] == 0.0 and norms[3] > 0
+    np.testing.assert_allclose(norms[7] / norms[3], 1.0 / 5.0, rtol=1e-5)  # lr(4) / lr(0)
 
 
 def test_label_smoothing_and_loss():

@@ -110,6 +110,11 @@ def create_optimizer(config: Any, learning_rate_fn: optax.Schedule) -> optax.Gra
     """
     name = _choice("optimizer", config.optimizer, OPTIMIZERS)
     wd, lr, momentum = config.weight_decay, learning_rate_fn, config.momentum
+    k = config.grad_accum_steps
+    if k > 1:
+        # The schedule is written in train steps (micro-batches); the inner optimizer
+        # counts updates, one per k micro-batches.
+        lr = lambda count: learning_rate_fn(count * k)  # noqa: E731
     if name in ("sgd", "nesterov"):
         # Decay added to the gradient before momentum: PyTorch's SGD(weight_decay=...).
         tx = optax.chain(
