@@ -141,6 +141,22 @@ def test_each_process_gets_its_part_of_the_same_global_batch(monkeypatch):
         np.testing.assert_array_equal(part["label"], global_batch["label"][index::2])
 
 
+def test_per_process_split_gives_each_process_its_own_slice(monkeypatch):
+    config = _config(per_process_split=True, batch_size=32)
+    monkeypatch.setattr(ip, "jax_process_count", lambda: 2)
+    seen = []
+    for index in (0, 1):
+        monkeypatch.setattr(ip, "jax_process_index", lambda index=index: index)
+        data = ip.create_data(config)
+        stream = data.train_batches(0)
+        epoch = [next(stream) for _ in range(data.steps_per_epoch)]  # 44 steps of 16 per process
+        seen.append({b["image"][i].tobytes() for b in epoch for i in range(16)})
+        # Resuming mid-epoch gives the same batch here too.
+        np.testing.assert_array_equal(next(data.train_batches(5))["image"], epoch[5]["image"])
+    assert len(seen[0]) == len(seen[1]) == 44 * 16
+    assert not seen[0] & seen[1]  # disjoint slices
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_eval_covers_the_split_exactly_once(monkeypatch, processes):
     config = _config(eval_batch_size=48)  # 360 = 7 * 48 + 24: the last batch is partial

@@ -7,8 +7,11 @@ records of the first ``s mod steps_per_epoch`` batches of the current epoch, bef
 decoding, and reproduces the uninterrupted stream exactly.
 
 The global order does not depend on the device or process count either: each process
-takes every P-th record of the shuffled stream (``Dataset.shard``) and decodes and
-augments only those, so a global batch holds the same examples on 1 or N processes.
+takes every P-th record of the shuffled stream (``Dataset.shard``) and reads (image
+folders), decodes and augments only those, so a global batch holds the same examples on
+1 or N processes. TFDS records are still read by every process in that mode;
+``per_process_split=True`` gives each process a contiguous 1/P of the split instead, read
+from its own files, at the price of an order that depends on the process count.
 
 TensorFlow runs on the CPU only; ``hide_gpus_from_tensorflow`` keeps it off the
 accelerators, whose memory belongs to JAX.
@@ -146,8 +149,11 @@ def preprocess(
 
 
 # ---------------------------------------------------------------------------------------
-# Sources: where the raw records come from. A record is {'image', 'label'}; 'image' is
-# either encoded bytes (decoded after sharding) or an already decoded uint8 array.
+# Sources: where the raw records come from. A record is {'image', 'label'}; 'image' is a
+# decoded uint8 array, encoded bytes, or a file path, per ``Source.kind``. Bytes and paths
+# are read and decoded only after sharding, by the process that uses them.
+
+RecordsFn = Callable[[str, int, int | None, int | None], tf.data.Dataset]
 
 
 @dataclasses.dataclass
@@ -157,8 +163,9 @@ class Source:
     class_names: list[str]
     image_shape: tuple[int | None, int | None, int]  # the dataset's own (H, W, C)
     split_sizes: dict[str, int]
-    records: Callable[[str, int | None], tf.data.Dataset]  # (split, shuffle seed) -> records
-    encoded: bool  # records hold encoded bytes
+    # (split, lo, hi, file-shuffle seed) -> the records of examples [lo, hi) of the split.
+    records: RecordsFn
+    kind: str  # 'array' | 'bytes' | 'path'
     skipped: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # split -> bad files
 
 
@@ -175,9 +182,9 @@ def _digits_source() -> Source:
     )
     splits = {"train": (x_train, y_train), "test": (x_test, y_test)}
 
-    def records(split: str, seed: int | None) -> tf.data.Dataset:
+    def records(split: str, lo: int, hi: int | None, seed: int | None) -> tf.data.Dataset:
         x, y = splits[split]
-        return tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
+        return tf.data.Dataset.from_tensor_slices({"image": x[lo:hi], "label": y[lo:hi]})
 
     return Source(
         name="digits",
@@ -186,7 +193,7 @@ def _digits_source() -> Source:
         image_shape=(8, 8, 1),
         split_sizes={k: len(v[1]) for k, v in splits.items()},
         records=records,
-        encoded=False,
+        kind="array",
     )
 
 
@@ -218,28 +225,25 @@ def _image_folder_source(root: str) -> Source:
         raise ValueError(f"image folder {root!r} has no train/ subfolder; found: {sorted(splits)}")
     class_names = builder.info.features["label"].names
     skipped: dict[str, list[str]] = {}
-    sizes: dict[str, int] = {}
+    examples: dict[str, tuple[list[str], np.ndarray]] = {}
     shapes = set()
     for split in splits:
-        files = [
-            f.decode() if isinstance(f, bytes) else f
-            for f in builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-            .map(lambda r: r["image/filename"])
-            .as_numpy_iterator()
-        ]
+        # ImageFolder's listing: its fixed example order, with labels; nothing decoded.
+        listing = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        listing = listing.map(lambda r: (r["image/filename"], r["label"]))
+        files, labels = [], []
+        for f, label in listing.as_numpy_iterator():
+            files.append(f.decode())
+            labels.append(label)
         skipped[split], hw = _scan(files)
-        sizes[split] = len(files) - len(skipped[split])
+        bad = set(skipped[split])
+        keep = [i for i, f in enumerate(files) if f not in bad]
+        examples[split] = ([files[i] for i in keep], np.asarray(labels, np.int64)[keep])
         shapes.update(map(tuple, hw.tolist()))
 
-    def records(split: str, seed: int | None) -> tf.data.Dataset:
-        ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-        bad = skipped[split]
-        if bad:
-            table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(tf.constant(bad), tf.ones(len(bad), tf.int32)), 0
-            )
-            ds = ds.filter(lambda r: table.lookup(r["image/filename"]) == 0)
-        return ds.map(lambda r: {"image": r["image"], "label": r["label"]})
+    def records(split: str, lo: int, hi: int | None, seed: int | None) -> tf.data.Dataset:
+        files, labels = examples[split]
+        return tf.data.Dataset.from_tensor_slices({"image": files[lo:hi], "label": labels[lo:hi]})
 
     return Source(
         name=f"image_folder:{root}",
@@ -247,9 +251,9 @@ def _image_folder_source(root: str) -> Source:
         class_names=list(class_names),
         # A folder whose images all share one size is a fixed-size dataset.
         image_shape=(*shapes.pop(), 3) if len(shapes) == 1 else (None, None, 3),
-        split_sizes=sizes,
+        split_sizes={k: len(v[0]) for k, v in examples.items()},
         records=records,
-        encoded=True,
+        kind="path",
         skipped={k: v for k, v in skipped.items() if v},
     )
 
@@ -283,10 +287,11 @@ def _tfds_source(name: str, data_dir: str, manual_dir: str) -> Source:
     label = builder.info.features[keys[1]]
     image_feature = builder.info.features["image"]
 
-    def records(split: str, seed: int | None) -> tf.data.Dataset:
+    def records(split: str, lo: int, hi: int | None, seed: int | None) -> tf.data.Dataset:
+        # TFDS slices by file instructions: only the files holding [lo, hi) are read.
         read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16)
         ds = builder.as_dataset(
-            split=split,
+            split=f"{split}[{lo}:{'' if hi is None else hi}]",
             shuffle_files=seed is not None,
             decoders={"image": tfds.decode.SkipDecoding()},
             read_config=read_config,
@@ -296,7 +301,8 @@ def _tfds_source(name: str, data_dir: str, manual_dir: str) -> Source:
     sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
     if not sizes:  # no split metadata: TFDS mock data, as in the tests; count the usual splits
         sizes = {
-            k: int(records(k, None).reduce(0, lambda n, _: n + 1)) for k in ("train", "validation", "test")
+            k: int(records(k, 0, None, None).reduce(0, lambda n, _: n + 1))
+            for k in ("train", "validation", "test")
         }
     return Source(
         name=name,
@@ -305,7 +311,7 @@ def _tfds_source(name: str, data_dir: str, manual_dir: str) -> Source:
         image_shape=tuple(image_feature.shape),
         split_sizes=sizes,
         records=records,
-        encoded=True,
+        kind="bytes",
     )
 
 
@@ -353,14 +359,16 @@ class Data:
     def num_classes(self) -> int:
         return self.source.num_classes
 
-    def _split_records(self, split: str, seed: int | None) -> tf.data.Dataset:
+    def _split_records(self, split: str, seed: int | None, per_process: bool) -> tf.data.Dataset:
+        """The split's records, shuffled with ``seed`` (None: in order). With
+        ``per_process``, only this process's contiguous 1/P of them.
+        """
         base, lo, hi = _slice_spec(split)
-        ds = self.source.records(base, None)
+        if per_process:
+            n, count, index = _split_size(self.source, split), jax_process_count(), jax_process_index()
+            lo, hi = lo + index * n // count, lo + (index + 1) * n // count
         # Slices are taken before shuffling so that they are the same examples every time.
-        if lo:
-            ds = ds.skip(lo)
-        if hi is not None:
-            ds = ds.take(hi - lo)
+        ds = self.source.records(base, lo, hi, seed)
         if seed is not None:
             ds = ds.shuffle(self.config.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
         return ds
@@ -368,10 +376,14 @@ class Data:
     def _preprocess_fn(self, train: bool) -> Callable[..., dict[str, tf.Tensor]]:
         c, channels = self.config, self.image_shape[-1]
         size = c.image_size if c.image_size else 0
-        encoded = self.source.encoded
+        kind = self.source.kind
 
         def fn(index, record, seed):
-            image = decode_image(record["image"], channels) if encoded else record["image"]
+            image = record["image"]
+            if kind == "path":
+                image = tf.io.read_file(image)
+            if kind != "array":
+                image = decode_image(image, channels)
             seed = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
             image = preprocess(
                 image,
@@ -391,14 +403,21 @@ class Data:
     def _epoch(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
         c = self.config
         epoch_seed = int(np.random.SeedSequence([c.seed, epoch]).generate_state(1)[0] % (2**31))
-        ds = self._split_records(self.train_split, epoch_seed)
-        ds = ds.take(self.steps_per_epoch * c.batch_size)  # whole global batches only
-        ds = ds.enumerate()
-        ds = ds.skip(skip_batches * c.batch_size)  # raw records: nothing decoded yet
-        ds = ds.shard(jax_process_count(), jax_process_index())
+        count, index = jax_process_count(), jax_process_index()
+        local = c.batch_size // count
+        ds = self._split_records(self.train_split, epoch_seed, c.per_process_split)
+        if c.per_process_split:
+            # This process's own slice, in its own order; example i of it is global i*P+p.
+            ds = ds.take(self.steps_per_epoch * local).enumerate()
+            ds = ds.skip(skip_batches * local).map(lambda i, r: (i * count + index, r))
+        else:
+            ds = ds.take(self.steps_per_epoch * c.batch_size)  # whole global batches only
+            ds = ds.enumerate()
+            ds = ds.skip(skip_batches * c.batch_size)  # raw records: nothing decoded yet
+            ds = ds.shard(count, index)
         fn = self._preprocess_fn(train=True)
         ds = ds.map(lambda i, r: fn(i, r, epoch_seed), num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.batch(c.batch_size // jax_process_count(), drop_remainder=True)
+        return ds.batch(local, drop_remainder=True)
 
     def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         epoch, offset = divmod(start_step, self.steps_per_epoch)
@@ -410,8 +429,8 @@ class Data:
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
         c = self.config
         local = self.eval_batch_size // jax_process_count()
-        ds = self._split_records(self.eval_split, None).enumerate()
-        ds = ds.shard(jax_process_count(), jax_process_index())
+        # Each process evaluates a contiguous slice (<= ceil(N/P) examples), reading only it.
+        ds = self._split_records(self.eval_split, None, per_process=True).enumerate()
         fn = self._preprocess_fn(train=False)
         ds = ds.map(lambda i, r: fn(i, r, c.seed), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(local).prefetch(tf.data.AUTOTUNE).with_options(_options())

@@ -2,8 +2,9 @@ r"""python -m train.main --config=train/configs/cifar100_wrn28_10.py --workdir=/
 
 WRN-28-10 on CIFAR-100 (Zagoruyko & Komodakis 2016): batch 128, Nesterov SGD with
 momentum 0.9, weight decay 5e-4, lr 0.1 multiplied by 0.2 at epochs 60, 120 and 160,
-200 epochs, dropout 0.3 inside the blocks in the paper (here before the classifier),
-pad-crop and flip augmentation. The paper reports 20.0% test error (19.25% with dropout).
+200 epochs, pad-crop and flip augmentation. The paper's dropout variant puts dropout
+between the two convolutions of each block; resnet_jax's `drop_rate` is applied before
+the classifier only, so it is left at 0 here.
 """
 
 from train.configs import default

@@ -30,6 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.mean = (0.5,)  # per-channel normalisation, on the [0, 1] scale
     config.std = (0.5,)
     config.shuffle_buffer = 50_000  # examples; at least the train split's size shuffles it fully
+    # False: one global example order, whatever the process count; each process reads the
+    # record stream and decodes only its share (folders: reads only its files).
+    # True: each process reads only its 1/P slice of the train split (TFDS: only its files),
+    # so the order depends on the process count. Worth it for TFDS data on many hosts.
+    config.per_process_split = False
     config.prefetch = 2  # batches placed on the devices ahead of the step that uses them
 
     # Optimisation.
