@@ -144,3 +144,89 @@ def _keras_bias_before(layers: Mapping[str, Sequence[Any]], bn_name: str) -> Any
         return 0.0
     conv = layers.get(bn_name[: -len("_bn")] + "_conv", ())
     return np.asarray(conv[1]) if len(conv) > 1 else 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# PyTorch layouts: torchvision and timm name their ResNets' modules the same way.
+
+_TORCH_BN_LEAVES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+_TIMM_DEEP_STEM = {"conv1.0": "stem_conv1", "conv1.1": "stem_norm1", "conv1.3": "stem_conv2",
+                   "conv1.4": "stem_norm2", "conv1.6": "stem_conv3"}  # fmt: skip
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    """A numpy or torch array as float32 numpy, without importing torch."""
+    if hasattr(value, "detach"):  # a torch.Tensor; bf16/fp16 go through float32
+        value = value.detach().cpu().float().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def _torch_module_path(module: str, deep_stem: bool, is_conv: bool) -> str | None:
+    """torchvision/timm module name -> resnet_jax module path, or None if unknown."""
+    if module == "conv1":
+        return "stem_conv"
+    if module == "bn1":
+        return "stem_norm3" if deep_stem else "stem_norm"
+    if module in _TIMM_DEEP_STEM:
+        return _TIMM_DEEP_STEM[module]
+    if module == "fc":
+        return "head"
+    m = re.fullmatch(r"layer(\d+)\.(\d+)\.(conv\d|bn\d|downsample\.\d)", module)
+    if m is None:
+        return None
+    block = f"stage{m[1]}_block{int(m[2]) + 1}"
+    part = m[3]
+    if part.startswith("downsample"):
+        # torchvision/timm: downsample = (conv, bn); ResNet-D: (avgpool, conv, bn).
+        return f"{block}/shortcut_{'conv' if is_conv else 'norm'}"
+    return f"{block}/{part.replace('bn', 'norm')}"
+
+
+def _from_torch_layout(state_dict: Mapping[str, Any], model_name: str, source: str) -> Variables:
+    arrays = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    fc = arrays.get("fc.weight")
+    num_classes = int(np.shape(fc)[0]) if fc is not None else 0
+    target = _Target(model_name, num_classes)
+    deep_stem = any(k.startswith("conv1.0.") for k in arrays)
+    for key, value in arrays.items():
+        module, _, leaf = key.rpartition(".")
+        value = _as_numpy(value)
+        is_conv = leaf == "weight" and value.ndim == 4
+        path = _torch_module_path(module, deep_stem, is_conv)
+        src = f"{source} {key!r}"
+        if path is None:
+            raise ValueError(f"{src} has no counterpart in {model_name}")
+        if is_conv:  # (out, in/groups, kh, kw) -> (kh, kw, in/groups, out)
+            target.put(f"params/{path}/kernel", value.transpose(2, 3, 1, 0), src)
+        elif path == "head":
+            target.put(f"params/head/{'kernel' if leaf == 'weight' else 'bias'}", value.T, src)
+        elif leaf in _TORCH_BN_LEAVES:
+            collection = "params" if leaf in ("weight", "bias") else "batch_stats"
+            target.put(f"{collection}/{path}/{_TORCH_BN_LEAVES[leaf]}", value, src)
+        else:
+            raise ValueError(f"{src}: unexpected parameter {leaf!r}")
+    return target.result()
+
+
+def from_torchvision(state_dict: Mapping[str, Any], model_name: str) -> Variables:
+    """Converts a torchvision ResNet, ResNeXt or Wide ResNet ``state_dict``.
+
+    Args:
+      state_dict: parameter name -> array (numpy or torch tensors), e.g.
+        ``torchvision.models.resnet50().state_dict()`` or a loaded checkpoint file.
+      model_name: the resnet_jax name of the same architecture (``resnet50``,
+        ``resnext50_32x4d``, ``wide_resnet50_2``, ...).
+
+    Returns ``{'params', 'batch_stats'}`` for ``create_model(model_name, num_classes=K)``,
+    K taken from ``fc.weight`` (0 when the state dict has no head).
+    """
+    return _from_torch_layout(state_dict, model_name, "torchvision")
+
+
+def from_timm(state_dict: Mapping[str, Any], model_name: str) -> Variables:
+    """Converts a timm ``resnet*`` / ``resnet*d`` / ``resnext*`` ``state_dict``.
+
+    timm's ResNet-D (deep stem ``conv1.0..6``, avg-pool shortcut ``downsample.1..2``)
+    maps onto resnet_jax's ``resnet*d``; the rest share torchvision's layout.
+    """
+    return _from_torch_layout(state_dict, model_name, "timm")

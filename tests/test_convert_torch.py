@@ -1,0 +1,88 @@
+"""torchvision and timm weights into resnet_jax: logits match PyTorch's on the same input.
+
+Only the model definitions of torchvision and timm are used (no download, no compiled
+torchvision ops): random weights, non-trivial BatchNorm statistics, eval mode.
+"""
+
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import convert, create_model
+
+torch = pytest.importorskip("torch")
+# torchvision's compiled ops do not load with the CPU torch build; its model code does.
+sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+tv_models = pytest.importorskip("torchvision.models")
+
+
+def _randomize(module, seed):
+    """Random conv/linear weights and BN affine + running statistics, so that every
+    converted array matters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                # Scales below 1 keep the residual sum, and so the logits, near unit scale.
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 0.5 + 0.25)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+            elif isinstance(m, torch.nn.Linear):
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    return module.eval()
+
+
+def _compare(torch_model, variables, name, size=64, num_classes=7):
+    x = np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(x)).numpy()
+    model = create_model(name, num_classes=num_classes)
+    got = np.asarray(jax.jit(model.apply)(variables, x.transpose(0, 2, 3, 1)))
+    diff = np.abs(got - expected).max()
+    print(f"\n{name}: max |logit diff| {diff:.2e} (logit scale {np.abs(expected).max():.2f})")
+    assert np.abs(expected[0] - expected[1]).max() > 1e-2  # the logits depend on the input
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
+def test_torchvision_logits_match(name):
+    torch_model = _randomize(getattr(tv_models, name)(num_classes=7), seed=1)
+    variables = convert.from_torchvision(torch_model.state_dict(), name)
+    _compare(torch_model, variables, name)
+
+
+def test_torchvision_numpy_state_dict_and_headless():
+    torch_model = _randomize(tv_models.resnet18(num_classes=7), seed=2)
+    arrays = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+    variables = convert.from_torchvision(arrays, "resnet18")
+    _compare(torch_model, variables, "resnet18")
+    headless = {k: v for k, v in arrays.items() if not k.startswith("fc.")}
+    assert "head" not in convert.from_torchvision(headless, "resnet18")["params"]
+
+
+def test_timm_resnet_d_logits_match():
+    timm = pytest.importorskip("timm")
+    torch_model = _randomize(timm.create_model("resnet50d", pretrained=False, num_classes=7), seed=3)
+    variables = convert.from_timm(torch_model.state_dict(), "resnet50d")
+    _compare(torch_model, variables, "resnet50d")
+
+
+def test_mismatch_names_the_parameter_and_both_shapes():
+    state = _randomize(tv_models.resnet18(num_classes=7), seed=4).state_dict()
+    with pytest.raises(ValueError, match=r"torchvision 'layer1.0.conv1.weight' -> .*conv1/kernel: shape"):
+        convert.from_torchvision(state, "resnet50")  # resnet18 weights into a bottleneck net
+    bad = dict(state)
+    bad["layer2.0.bn1.running_var"] = torch.ones(7)
+    with pytest.raises(
+        ValueError,
+        match=r"'layer2.0.bn1.running_var' -> batch_stats/stage2_block1/norm1/var: "
+        r"shape \(7,\) does not match resnet18's \(128,\)",
+    ):
+        convert.from_torchvision(bad, "resnet18")
+    extra = {**state, "layer9.0.conv1.weight": torch.zeros(8, 8, 3, 3)}
+    with pytest.raises(ValueError, match=r"'layer9\.0\.conv1\.weight': resnet18 has no variable"):
+        convert.from_torchvision(extra, "resnet18")
