@@ -230,3 +230,49 @@ def from_timm(state_dict: Mapping[str, Any], model_name: str) -> Variables:
     maps onto resnet_jax's ``resnet*d``; the rest share torchvision's layout.
     """
     return _from_torch_layout(state_dict, model_name, "timm")
+
+
+# ---------------------------------------------------------------------------------------
+# Reading weight files. No pickle is ever executed: .safetensors and .h5 are read as
+# data, and .pth/.pt only through torch.load(weights_only=True), whose unpickler accepts
+# tensors and plain containers and refuses everything else before running it.
+
+
+class UnsafeWeightsError(ValueError):
+    """A weights file whose pickle holds more than tensors and plain containers."""
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """``{name: float32 array}`` from a ``.safetensors`` or a PyTorch ``.pth``/``.pt``/``.bin``.
+
+    ``.safetensors`` needs only the ``safetensors`` package; ``.pth`` needs torch and is
+    read with ``weights_only=True``: a file whose pickle would call anything else raises
+    ``UnsafeWeightsError`` and its payload never runs. Checkpoints that wrap the weights
+    (``{'state_dict': ...}``, ``{'model': ...}``) are unwrapped.
+    """
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+    if not path.endswith((".pth", ".pt", ".bin")):
+        raise ValueError(f"weights file {path!r}: expected .safetensors, .pth, .pt or .bin")
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading {path!r} needs torch (pip install 'resnet_jax[convert]')") from e
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeWeightsError(
+            f"{path!r} is not a plain weights file: its pickle asks for more than tensors, so it "
+            f"was refused without running it ({str(e).splitlines()[0]}). Load it only if you "
+            "trust it, and save its state_dict as .safetensors."
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state dict")
+    return {k: _as_numpy(v) for k, v in obj.items() if hasattr(v, "shape")}

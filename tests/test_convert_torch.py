@@ -20,19 +20,23 @@ tv_models = pytest.importorskip("torchvision.models")
 
 
 def _randomize(module, seed):
-    """Random conv/linear weights and BN affine + running statistics, so that every
-    converted array matters."""
+    """Random BN affine parameters and head bias, then BN running statistics measured on
+    random images (so they are non-trivial and the logits depend on the input), eval mode.
+    """
     gen = torch.Generator().manual_seed(seed)
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
+        for m in bns:
+            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
         for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                # Scales below 1 keep the residual sum, and so the logits, near unit scale.
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 0.5 + 0.25)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-            elif isinstance(m, torch.nn.Linear):
+            if isinstance(m, torch.nn.Linear):
                 m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+        module.train()
+        for _ in range(2):
+            module(torch.randn(8, 3, 64, 64, generator=gen))
     return module.eval()
 
 
@@ -43,8 +47,12 @@ def _compare(torch_model, variables, name, size=64, num_classes=7):
     model = create_model(name, num_classes=num_classes)
     got = np.asarray(jax.jit(model.apply)(variables, x.transpose(0, 2, 3, 1)))
     diff = np.abs(got - expected).max()
-    print(f"\n{name}: max |logit diff| {diff:.2e} (logit scale {np.abs(expected).max():.2f})")
-    assert np.abs(expected[0] - expected[1]).max() > 1e-2  # the logits depend on the input
+    spread = np.abs(expected[0] - expected[1]).max()  # how much the logits depend on the input
+    print(
+        f"\n{name}: max |logit diff| {diff:.2e} (logits up to {np.abs(expected).max():.2f}, "
+        f"input-to-input spread {spread:.2e})"
+    )
+    assert spread > 0.1
     assert diff <= 1e-4
 
 
@@ -86,3 +94,35 @@ def test_mismatch_names_the_parameter_and_both_shapes():
     extra = {**state, "layer9.0.conv1.weight": torch.zeros(8, 8, 3, 3)}
     with pytest.raises(ValueError, match=r"'layer9\.0\.conv1\.weight': resnet18 has no variable"):
         convert.from_torchvision(extra, "resnet18")
+
+
+class _Payload:
+    """Unpickling this would create a file: the attack a weights_only load must refuse."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickled_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    weights = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "extra": _Payload(str(marker))}, weights)
+    assert not marker.exists()
+    with pytest.raises(convert.UnsafeWeightsError, match=r"evil\.pth.*refused without running it"):
+        convert.load_state_dict(str(weights))
+    assert not marker.exists()
+
+
+def test_pth_and_safetensors_files_convert(tmp_path):
+    from safetensors.torch import save_file
+
+    torch_model = _randomize(tv_models.resnet18(num_classes=7), seed=5)
+    state = torch_model.state_dict()
+    torch.save({"state_dict": state}, tmp_path / "w.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
+    for name in ("w.pth", "w.safetensors"):
+        arrays = convert.load_state_dict(str(tmp_path / name))
+        _compare(torch_model, convert.from_torchvision(arrays, "resnet18"), "resnet18")
