@@ -1,0 +1,160 @@
+"""Pretrained weights: where they live, how to check them, and how they were evaluated.
+
+The idea of torchvision's ``Weights`` enums, for JAX: each entry names its file's URL and
+hash, the preprocessing it expects and the accuracy its authors report. ``fetch`` puts the
+file in a local cache (``$RESNET_JAX_CACHE``, else ``~/.cache/resnet_jax``), verifying
+its SHA-256, with a progress bar; offline, it says where to put a file fetched elsewhere.
+
+torchvision publishes only the first 8 hex digits of each file's SHA-256 (in the file
+name, which is what ``torch.hub`` checks); those entries verify that prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_TORCHVISION = "https://download.pytorch.org/models/"
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    model: str  # the resnet_jax model name
+    tag: str  # e.g. 'torchvision_v1'
+    source: str  # the converter: 'torchvision', 'timm' or 'keras'
+    url: str
+    sha256: str  # hex digest, or its published prefix
+    num_classes: int
+    crop_size: int  # evaluation: resize the shorter side to resize_size, centre-crop this
+    resize_size: int
+    top1: float  # ImageNet-1k validation accuracy (%) as reported by the source
+    top5: float
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+def _tv(model: str, tag: str, file: str, top1: float, top5: float, resize: int = 256) -> Weights:
+    return Weights(
+        model=model,
+        tag=tag,
+        source="torchvision",
+        url=_TORCHVISION + file,
+        sha256=file.rsplit("-", 1)[-1].split(".")[0],
+        num_classes=1000,
+        crop_size=224,
+        resize_size=resize,
+        top1=top1,
+        top5=top5,
+    )
+
+
+# torchvision's IMAGENET1K_V1 (the original recipes) and IMAGENET1K_V2 (the 2021 "new
+# training recipe": longer, with mixup/cutmix, label smoothing, EMA; evaluated at resize 232).
+_ENTRIES = [
+    _tv("resnet18", "torchvision_v1", "resnet18-f37072fd.pth", 69.758, 89.078),
+    _tv("resnet34", "torchvision_v1", "resnet34-b627a593.pth", 73.314, 91.420),
+    _tv("resnet50", "torchvision_v1", "resnet50-0676ba61.pth", 76.130, 92.862),
+    _tv("resnet50", "torchvision_v2", "resnet50-11ad3fa6.pth", 80.858, 95.434, 232),
+    _tv("resnet101", "torchvision_v1", "resnet101-63fe2227.pth", 77.374, 93.546),
+    _tv("resnet101", "torchvision_v2", "resnet101-cd907fc2.pth", 81.886, 95.780, 232),
+    _tv("resnet152", "torchvision_v1", "resnet152-394f9c45.pth", 78.312, 94.046),
+    _tv("resnet152", "torchvision_v2", "resnet152-f82ba261.pth", 82.284, 96.002, 232),
+    _tv("resnext50_32x4d", "torchvision_v1", "resnext50_32x4d-7cdf4587.pth", 77.618, 93.698),
+    _tv("resnext50_32x4d", "torchvision_v2", "resnext50_32x4d-1a0047aa.pth", 81.198, 95.340, 232),
+    _tv("resnext101_32x8d", "torchvision_v1", "resnext101_32x8d-8ba56ff5.pth", 79.312, 94.526),
+    _tv("resnext101_32x8d", "torchvision_v2", "resnext101_32x8d-110c445d.pth", 82.834, 96.228, 232),
+    _tv("resnext101_64x4d", "torchvision_v1", "resnext101_64x4d-173b62eb.pth", 83.246, 96.454, 232),
+    _tv("wide_resnet50_2", "torchvision_v1", "wide_resnet50_2-95faca4d.pth", 78.468, 94.086),
+    _tv("wide_resnet50_2", "torchvision_v2", "wide_resnet50_2-9ba9bcbe.pth", 81.602, 95.758, 232),
+    _tv("wide_resnet101_2", "torchvision_v1", "wide_resnet101_2-32ee1156.pth", 78.848, 94.284),
+    _tv("wide_resnet101_2", "torchvision_v2", "wide_resnet101_2-d733dc28.pth", 82.510, 96.020, 232),
+]
+REGISTRY: dict[tuple[str, str], Weights] = {(w.model, w.tag): w for w in _ENTRIES}
+
+
+def list_weights(model: str | None = None) -> list[Weights]:
+    """Every registered entry, or those of ``model``."""
+    return [w for w in _ENTRIES if model is None or w.model == model]
+
+
+def get_weights(model: str, tag: str) -> Weights:
+    """The entry for ``model`` and ``tag``; an unknown pair lists the valid ones."""
+    if (model, tag) not in REGISTRY:
+        tags = [w.tag for w in list_weights(model)]
+        if tags:
+            raise ValueError(f"no weights {tag!r} for {model}; valid: {', '.join(tags)}")
+        have = sorted({w.model for w in _ENTRIES})
+        raise ValueError(f"no pretrained weights for {model!r}; models with weights: {', '.join(have)}")
+    return REGISTRY[(model, tag)]
+
+
+def cache_dir() -> str:
+    return os.environ.get("RESNET_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax")
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: str, expected: str) -> str:
+    """The file's SHA-256; raises if it does not start with ``expected``."""
+    actual = sha256_of(path)
+    if not actual.startswith(expected.lower()):
+        raise ValueError(f"{path}: SHA-256 {actual} does not match the expected {expected}")
+    return actual
+
+
+def fetch(weights: Weights, progress: bool = True) -> str:
+    """The verified local path of ``weights``' file, downloading it into the cache once.
+
+    The download goes to a temporary file that replaces the cached one only after its
+    hash checks out, so an interrupted or corrupted download never reaches the cache.
+    """
+    directory = cache_dir()
+    path = os.path.join(directory, weights.filename)
+    if os.path.exists(path):
+        verify(path, weights.sha256)
+        return path
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=weights.filename + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _download(weights.url, out, progress)
+        verify(tmp, weights.sha256)
+        os.replace(tmp, path)
+    except (urllib.error.URLError, OSError) as e:
+        raise RuntimeError(
+            f"could not download {weights.url} ({e}). Offline? Fetch it on a connected machine and "
+            f"pass the file (--weights=FILE), or put it at {path}."
+        ) from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _download(url: str, out, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=not progress
+        ) as bar:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                out.write(chunk)
+                bar.update(len(chunk))
