@@ -94,3 +94,16 @@ def test_wrong_depth_is_refused(keras_pair):
     keras_model, name, _, _ = keras_pair
     with pytest.raises(ValueError, match=r"no source for \d+ variable"):
         from_keras(keras_model, name.replace("50", "101"))
+
+
+def test_h5_files_convert_like_the_live_model(keras_pair, tmp_path):
+    # Keras 3 .weights.h5 and the legacy .h5 (the format of the Keras applications
+    # downloads), read with h5py alone.
+    keras_model, name, *_ = keras_pair
+    keras_model.save_weights(tmp_path / "m.weights.h5")
+    with jax.numpy_rank_promotion("allow"):
+        keras_model.save(tmp_path / "m.h5")
+    live = from_keras(keras_model, name)
+    for file in ("m.weights.h5", "m.h5"):
+        converted = from_keras(str(tmp_path / file), name)
+        jax.tree.map(np.testing.assert_array_equal, converted, live)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import convert, create_model
+from resnet_jax import convert, create_model, weights
 
 torch = pytest.importorskip("torch")
 # torchvision's compiled ops do not load with the CPU torch build; its model code does.
@@ -112,9 +112,7 @@ def test_pickled_payload_is_refused_and_never_runs(tmp_path):
     weights = tmp_path / "evil.pth"
     torch.save({"conv1.weight": torch.zeros(1), "extra": _Payload(str(marker))}, weights)
     assert not marker.exists()
-    with pytest.raises(
-        convert.UnsafeWeightsError, match=r"evil\.pth.*asks for io\.open.*refused without"
-    ):
+    with pytest.raises(convert.UnsafeWeightsError, match=r"evil\.pth.*asks for io\.open.*refused without"):
         convert.load_state_dict(str(weights))
     assert not marker.exists()
 
@@ -150,3 +148,57 @@ def test_torch_zip_reader_handles_views_half_precision_and_parameters(tmp_path):
     arrays = convert.load_state_dict(str(tmp_path / "t.pth"))
     for k, v in tensors.items():
         np.testing.assert_array_equal(arrays[k], v.detach().float().numpy(), err_msg=k)
+
+
+def test_cli_writes_an_orbax_checkpoint_with_metadata(tmp_path, monkeypatch):
+    from resnet_jax.convert import __main__ as cli
+
+    torch_model = _randomize(tv_models.resnet18(num_classes=7), seed=6)
+    torch.save(torch_model.state_dict(), tmp_path / "r18.pth")
+    out = tmp_path / "converted"
+    cli.main(
+        ["--source=torchvision", "--model=resnet18", f"--weights={tmp_path / 'r18.pth'}", f"--out={out}"]
+    )
+    variables, metadata = cli.load(str(out))
+    _compare(torch_model, variables, "resnet18")
+    assert metadata["sha256"] == weights.sha256_of(str(tmp_path / "r18.pth"))
+    assert metadata["source"] == "torchvision" and metadata["num_classes"] == 7
+    assert metadata["mean"] == [0.485, 0.456, 0.406] and metadata["crop_size"] == 224
+    # An existing --out is never overwritten.
+    with pytest.raises(SystemExit):
+        cli.main(
+            ["--source=torchvision", "--model=resnet18", f"--weights={tmp_path / 'r18.pth'}", f"--out={out}"]
+        )
+    # A URL is downloaded into the cache and verified; an unregistered one needs --sha256.
+    monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path / "cache"))
+    url = (tmp_path / "r18.pth").as_uri()
+    with pytest.raises(SystemExit, match="pass its --sha256"):
+        cli.main(["--source=torchvision", "--model=resnet18", f"--weights={url}", f"--out={tmp_path / 'u'}"])
+    sha = weights.sha256_of(str(tmp_path / "r18.pth"))
+    cli.main(
+        [
+            "--source=torchvision",
+            "--model=resnet18",
+            f"--weights={url}",
+            f"--sha256={sha}",
+            f"--out={tmp_path / 'u'}",
+        ]
+    )
+    assert (tmp_path / "cache" / "r18.pth").exists() and cli.load(str(tmp_path / "u"))[1]["url"] == url
+
+
+def test_cli_refuses_a_pickled_payload_and_writes_nothing(tmp_path):
+    from resnet_jax.convert import __main__ as cli
+
+    marker = tmp_path / "pwned.txt"
+    torch.save({"fc.weight": torch.zeros(2, 2), "x": _Payload(str(marker))}, tmp_path / "evil.pth")
+    with pytest.raises(convert.UnsafeWeightsError):
+        cli.main(
+            [
+                "--source=torchvision",
+                "--model=resnet18",
+                f"--weights={tmp_path / 'evil.pth'}",
+                f"--out={tmp_path / 'o'}",
+            ]
+        )
+    assert not marker.exists() and not (tmp_path / "o").exists()

@@ -9,6 +9,7 @@ source framework; the source arrives as arrays.
 from __future__ import annotations
 
 import collections
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -97,7 +98,8 @@ def from_keras(weights: Any, model_name: str, *, epsilon: float = 1e-5) -> Varia
     """Converts Keras applications ``ResNet50/101/152`` or ``ResNet50V2/101V2/152V2``.
 
     Args:
-      weights: a live Keras model, or ``{layer_name: [arrays]}`` in Keras' order
+      weights: a live Keras model, a ``.h5``/``.weights.h5`` path, or
+        ``{layer_name: [arrays]}`` in Keras' order
         (conv: kernel[, bias]; BatchNorm: gamma, beta, moving mean, moving variance;
         Dense: kernel, bias).
       model_name: ``resnet50``/``resnet101``/``resnet152`` for the v1 nets, which put
@@ -114,7 +116,12 @@ def from_keras(weights: Any, model_name: str, *, epsilon: float = 1e-5) -> Varia
     folded into that norm's running mean (``BN(z + b)`` with mean ``m`` is ``BN(z)``
     with mean ``m - b``). Keras' epsilon of 1.001e-5 is folded into the variance.
     """
-    layers = weights if isinstance(weights, Mapping) else keras_weights(weights)
+    if isinstance(weights, Mapping):
+        layers = weights
+    elif isinstance(weights, (str, os.PathLike)):
+        layers = keras_h5_weights(os.fspath(weights))
+    else:
+        layers = keras_weights(weights)
     head = layers.get("predictions")
     num_classes = int(np.shape(head[1])[0]) if head else 0
     target = _Target(model_name, num_classes)
@@ -344,3 +351,38 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state dict")
     return {k: np.asarray(v, np.float32) for k, v in obj.items() if isinstance(v, np.ndarray)}
+
+
+def keras_h5_weights(path: str) -> dict[str, list[np.ndarray]]:
+    """``{layer_name: [arrays]}`` from a Keras weights file, read as data with h5py.
+
+    Reads Keras 3 ``.weights.h5`` (``layers/*/vars/i``) and the legacy ``.h5`` of
+    Keras 2 and of the Keras applications downloads (``layer_names``/``weight_names``
+    attributes, at the root or under ``model_weights``).
+    """
+    import h5py
+
+    def names(attr: Any) -> list[str]:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in attr]
+
+    with h5py.File(path, "r") as f:
+        if "layer_names" in f.attrs or ("model_weights" in f and "layer_names" in f["model_weights"].attrs):
+            root = f if "layer_names" in f.attrs else f["model_weights"]
+            out = {}
+            for layer in names(root.attrs["layer_names"]):
+                group = root[layer]
+                arrays = [np.asarray(group[w]) for w in names(group.attrs["weight_names"])]
+                if arrays:
+                    out[layer] = arrays
+            return out
+        if "layers" in f:
+            # Keras 3 names the groups by class ('conv2d_3'); the layer's own name is an
+            # attribute of its 'vars' group.
+            out = {}
+            for key, group in f["layers"].items():
+                if "vars" in group and len(group["vars"]):
+                    name = group["vars"].attrs.get("name", key)
+                    name = name.decode() if isinstance(name, bytes) else str(name)
+                    out[name] = [np.asarray(group["vars"][str(i)]) for i in range(len(group["vars"]))]
+            return out
+    raise ValueError(f"{path!r} is not a Keras weights file (no 'layer_names' and no 'layers' group)")

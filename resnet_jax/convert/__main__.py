@@ -1,0 +1,130 @@
+r"""python -m resnet_jax.convert --source=torchvision|timm|keras --model=NAME --weights=W --out=DIR
+
+Converts pretrained weights into an Orbax checkpoint of resnet_jax variables:
+``DIR/variables`` ({'params', 'batch_stats'}) and ``DIR/metadata.json`` (source, model,
+classes, preprocessing mean/std and resolution, the input file's SHA-256). ``--weights``
+(W) is a local file, a URL, or a registered tag such as ``torchvision_v1`` (see
+``resnet_jax.weights``); a URL or tag is downloaded into the cache and verified. Files
+are read without torch and no pickle is executed (see ``load_state_dict``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from resnet_jax import convert, weights
+from resnet_jax.registry import list_models
+
+SOURCES = ("torchvision", "timm", "keras")
+
+
+def _resolve(args: argparse.Namespace) -> tuple[str, weights.Weights | None]:
+    """The local path of ``--weights``, and its registry entry when it has one."""
+    spec = args.weights
+    if "://" not in spec and not os.path.exists(spec):
+        tags = [w.tag for w in weights.list_weights(args.model)]
+        if spec in tags:
+            entry = weights.get_weights(args.model, spec)
+            return weights.fetch(entry), entry
+        raise SystemExit(
+            f"--weights={spec!r} is neither a file, a URL nor a tag of {args.model} "
+            f"(tags: {', '.join(tags) or 'none'})"
+        )
+    if "://" in spec:
+        entry = next((w for w in weights.list_weights() if w.url == spec), None)
+        if entry is None:
+            if not args.sha256:
+                raise SystemExit(f"{spec} is not a registered URL: pass its --sha256 to verify the download")
+            entry = weights.Weights(args.model, "url", args.source, spec, args.sha256, 0, 224, 256, 0.0, 0.0)
+        return weights.fetch(entry), entry
+    entry = next((w for w in weights.list_weights(args.model) if w.filename == os.path.basename(spec)), None)
+    return spec, entry
+
+
+def _read(source: str, path: str, model: str) -> dict:
+    if source == "keras":
+        return convert.from_keras(path, model)
+    arrays = convert.load_state_dict(path)
+    return (
+        convert.from_torchvision(arrays, model)
+        if source == "torchvision"
+        else convert.from_timm(arrays, model)
+    )
+
+
+def save(variables: dict, metadata: dict, out: str) -> None:
+    """Writes ``out/variables`` (Orbax) and ``out/metadata.json``, all or nothing."""
+    import orbax.checkpoint as ocp
+
+    out = os.path.abspath(out)
+    if os.path.exists(out):
+        raise FileExistsError(f"--out={out} exists; it is left untouched. Choose a new directory.")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(out) + ".tmp")
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.join(tmp, "variables"), variables)
+        checkpointer.wait_until_finished()
+        with open(os.path.join(tmp, "metadata.json"), "w") as f:
+            json.dump(metadata, f, indent=1)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load(directory: str) -> tuple[dict, dict]:
+    """The variables and metadata written by ``save``."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    with open(os.path.join(directory, "metadata.json")) as f:
+        metadata = json.load(f)
+    variables = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"))
+    return variables, metadata
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m resnet_jax.convert", description=__doc__.split("\n\n")[1]
+    )
+    parser.add_argument("--source", required=True, choices=SOURCES)
+    parser.add_argument("--model", required=True, help="a resnet_jax model name")
+    parser.add_argument("--weights", required=True, help="a file, a URL or a registered tag")
+    parser.add_argument("--out", required=True, help="a new directory for the Orbax checkpoint")
+    parser.add_argument("--sha256", default="", help="expected SHA-256 of an unregistered URL")
+    args = parser.parse_args(argv)
+    if args.model not in list_models():
+        parser.error(f"unknown --model {args.model!r}; valid: {', '.join(list_models())}")
+    if os.path.exists(args.out):
+        parser.error(f"--out={args.out} exists; it is left untouched. Choose a new directory.")
+    path, entry = _resolve(args)
+    variables = _read(args.source, path, args.model)
+    head = variables["params"].get("head")
+    metadata = {
+        "source": args.source,
+        "model": args.model,
+        "num_classes": int(head["bias"].shape[0]) if head else 0,
+        "weights": os.path.basename(path),
+        "url": entry.url if entry else "",
+        "sha256": weights.sha256_of(path),
+        "mean": list(entry.mean if entry else weights.IMAGENET_MEAN),
+        "std": list(entry.std if entry else weights.IMAGENET_STD),
+        "crop_size": entry.crop_size if entry else 224,
+        "resize_size": entry.resize_size if entry else 256,
+        "reported_top1": entry.top1 if entry and entry.top1 else None,
+    }
+    save(variables, metadata, args.out)
+    print(
+        f"wrote {os.path.abspath(args.out)}: {args.model} from {args.source} ({metadata['weights']}, "
+        f"sha256 {metadata['sha256'][:16]}...)"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
