@@ -158,3 +158,23 @@ def _download(url: str, out, progress: bool) -> None:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 out.write(chunk)
                 bar.update(len(chunk))
+
+
+def load_pretrained(weights: Weights) -> dict:
+    """``{'params', 'batch_stats'}`` of ``weights``, converted once and cached as an Orbax
+    checkpoint (``CACHE/converted/MODEL-TAG``) beside the downloaded file."""
+    from resnet_jax import convert
+
+    directory = os.path.join(cache_dir(), "converted", f"{weights.model}-{weights.tag}")
+    if os.path.exists(os.path.join(directory, "metadata.json")):
+        return convert.load(directory)[0]
+    path = fetch(weights)
+    converters = {"torchvision": convert.from_torchvision, "timm": convert.from_timm}
+    if weights.source not in converters:
+        raise ValueError(
+            f"no automatic conversion for {weights.source!r} weights; use python -m resnet_jax.convert"
+        )
+    variables = converters[weights.source](convert.load_state_dict(path), weights.model)
+    metadata = {**dataclasses.asdict(weights), "sha256_full": sha256_of(path)}
+    convert.save(variables, metadata, directory)
+    return variables

@@ -69,3 +69,36 @@ def test_fetch_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
     )
     with pytest.raises(RuntimeError, match=r"Offline\? .*--weights=FILE.*cache/r\.pth"):
         weights.fetch(entry, progress=False)
+
+
+def test_create_model_with_weights_fetches_converts_and_caches(tmp_path, monkeypatch):
+    # A stand-in for torchvision's resnet18 file: our own random state dict saved the
+    # way torch.save does, registered under the real entry with its hash.
+    torch = pytest.importorskip("torch")
+    import sys
+    import types
+
+    sys.modules.setdefault(
+        "torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations")
+    )
+    tv_models = pytest.importorskip("torchvision.models")
+    remote = tmp_path / "remote" / "resnet18-f37072fd.pth"
+    remote.parent.mkdir()
+    torch.save(tv_models.resnet18().state_dict(), remote)
+    entry = dataclasses.replace(
+        weights.get_weights("resnet18", "torchvision_v1"),
+        url=remote.as_uri(),
+        sha256=hashlib.sha256(remote.read_bytes()).hexdigest(),
+    )
+    monkeypatch.setitem(weights.REGISTRY, ("resnet18", "torchvision_v1"), entry)
+    monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path / "cache"))
+    model, variables = resnet_jax.create_model("resnet18", weights="torchvision_v1")
+    assert model.num_classes == 1000 and variables["params"]["head"]["kernel"].shape == (512, 1000)
+    # The second call reads the converted Orbax copy: the downloaded file is not needed.
+    remote.unlink()
+    (tmp_path / "cache" / "resnet18-f37072fd.pth").unlink()
+    _, again = resnet_jax.create_model("resnet18", weights="torchvision_v1")
+    import jax
+    import numpy as np
+
+    jax.tree.map(np.testing.assert_array_equal, again, variables)

@@ -386,3 +386,46 @@ def keras_h5_weights(path: str) -> dict[str, list[np.ndarray]]:
                     out[name] = [np.asarray(group["vars"][str(i)]) for i in range(len(group["vars"]))]
             return out
     raise ValueError(f"{path!r} is not a Keras weights file (no 'layer_names' and no 'layers' group)")
+
+
+# ---------------------------------------------------------------------------------------
+# Converted weights on disk: DIR/variables (Orbax) and DIR/metadata.json.
+
+
+def save(variables: Variables, metadata: Mapping[str, Any], out: str) -> None:
+    """Writes ``out/variables`` (Orbax) and ``out/metadata.json``, all or nothing: into a
+    temporary directory renamed at the end. An existing ``out`` is never touched."""
+    import json
+    import shutil
+    import tempfile
+
+    import orbax.checkpoint as ocp
+
+    out = os.path.abspath(out)
+    if os.path.exists(out):
+        raise FileExistsError(f"{out} exists; it is left untouched. Choose a new directory.")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(out) + ".tmp")
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.join(tmp, "variables"), variables)
+        checkpointer.wait_until_finished()
+        with open(os.path.join(tmp, "metadata.json"), "w") as f:
+            json.dump(dict(metadata), f, indent=1)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load(directory: str) -> tuple[Variables, dict[str, Any]]:
+    """The variables and metadata written by ``save`` (or ``python -m resnet_jax.convert``)."""
+    import json
+
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    with open(os.path.join(directory, "metadata.json")) as f:
+        metadata = json.load(f)
+    variables = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"))
+    return variables, metadata

@@ -11,11 +11,8 @@ are read without torch and no pickle is executed (see ``load_state_dict``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import tempfile
 
 from resnet_jax import convert, weights
 from resnet_jax.registry import list_models
@@ -57,38 +54,6 @@ def _read(source: str, path: str, model: str) -> dict:
     )
 
 
-def save(variables: dict, metadata: dict, out: str) -> None:
-    """Writes ``out/variables`` (Orbax) and ``out/metadata.json``, all or nothing."""
-    import orbax.checkpoint as ocp
-
-    out = os.path.abspath(out)
-    if os.path.exists(out):
-        raise FileExistsError(f"--out={out} exists; it is left untouched. Choose a new directory.")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(out) + ".tmp")
-    try:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(os.path.join(tmp, "variables"), variables)
-        checkpointer.wait_until_finished()
-        with open(os.path.join(tmp, "metadata.json"), "w") as f:
-            json.dump(metadata, f, indent=1)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def load(directory: str) -> tuple[dict, dict]:
-    """The variables and metadata written by ``save``."""
-    import orbax.checkpoint as ocp
-
-    directory = os.path.abspath(directory)
-    with open(os.path.join(directory, "metadata.json")) as f:
-        metadata = json.load(f)
-    variables = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"))
-    return variables, metadata
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m resnet_jax.convert", description=__doc__.split("\n\n")[1]
@@ -119,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         "resize_size": entry.resize_size if entry else 256,
         "reported_top1": entry.top1 if entry and entry.top1 else None,
     }
-    save(variables, metadata, args.out)
+    convert.save(variables, metadata, args.out)
     print(
         f"wrote {os.path.abspath(args.out)}: {args.model} from {args.source} ({metadata['weights']}, "
         f"sha256 {metadata['sha256'][:16]}...)"
