@@ -85,6 +85,10 @@ class ResNet(nn.Module):
       norm: normalisation factory: ``BatchNorm`` (default: torchvision's momentum
         and epsilon), ``FrozenBatchNorm``, ``functools.partial(nn.GroupNorm, ...)``.
       act: activation, e.g. ``nn.relu`` or ``nn.swish``.
+      frozen_norm_parts: parts (``"stem"``, ``"stage1"`` ...) whose BatchNorms always
+        use their running averages and never update them, even in train mode: frozen
+        BatchNorm for fine-tuning a partly frozen backbone. The final norm of a v2
+        network belongs to the last stage.
     """
 
     stage_sizes: Sequence[int]
@@ -109,6 +113,7 @@ class ResNet(nn.Module):
     conv: ModuleDef = nn.Conv
     norm: ModuleDef = BatchNorm
     act: Callable[[Array], Array] = nn.relu
+    frozen_norm_parts: Sequence[str] = ()
 
     def _check(self, x: Array) -> None:
         if self.stem not in STEMS:
@@ -196,7 +201,13 @@ class ResNet(nn.Module):
             param_dtype=self.param_dtype,
             kernel_init=conv_kernel_init,
         )
-        norm = functools.partial(_bind_norm(self.norm, train), dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def norm_for(part: str) -> ModuleDef:
+            mode = train and part not in self.frozen_norm_parts
+            bound = _bind_norm(self.norm, mode)
+            return functools.partial(bound, dtype=self.dtype, param_dtype=self.param_dtype)
+
+        norm = norm_for("stem")
         block_kw: dict[str, Any] = dict(
             conv=conv,
             norm=norm,
@@ -222,10 +233,11 @@ class ResNet(nn.Module):
                 s = stride if j == stride_at else 1
                 out_ch = width * self.block.expansion
                 kind = self._shortcut_kind(x.shape[-1], out_ch, s)
+                block_kw["norm"] = norm_for(f"stage{i}")
                 x = self.block(width, strides=s, shortcut=kind, name=f"stage{i}_block{j + 1}", **block_kw)(x)
             features[f"stage{i}"] = x
         if self.block.preact:
-            x = self.act(norm(name="final_norm")(x))
+            x = self.act(norm_for(f"stage{n}")(name="final_norm")(x))
             features[f"stage{n}"] = x
         x = jnp.mean(x, axis=(1, 2))
         features["pooled"] = jnp.asarray(x, jnp.float32)
