@@ -27,7 +27,9 @@ from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, L
 
 BEST_METRIC = "top1"
 # Fields that change the shapes in the state: resuming across a change cannot work.
-_STRUCTURAL = ("model", "dataset", "image_size", "optimizer", "ema_decay", "grad_accum_steps")
+_STRUCTURAL = (
+    "model", "dataset", "classes", "image_size", "optimizer", "ema_decay", "grad_accum_steps", "freeze",
+)  # fmt: skip
 
 
 def _best_metric(metrics: dict[str, float]) -> float:

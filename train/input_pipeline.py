@@ -169,7 +169,23 @@ class Source:
     skipped: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # split -> bad files
 
 
-def _digits_source() -> Source:
+def _select(labels: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the examples of ``classes``, and their labels renumbered 0..K-1."""
+    if not classes:
+        return np.arange(len(labels)), labels
+    index = np.flatnonzero(np.isin(labels, classes))
+    remap = {c: i for i, c in enumerate(classes)}
+    return index, np.asarray([remap[int(y)] for y in labels[index]], np.int64)
+
+
+def _check_classes(classes: Sequence[int], num_classes: int, names: list[str]) -> list[str]:
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad or len(set(classes)) != len(classes):
+        raise ValueError(f"classes={tuple(classes)}: expected distinct label ids in 0..{num_classes - 1}")
+    return [names[c] for c in classes] if classes else names
+
+
+def _digits_source(classes: Sequence[int] = ()) -> Source:
     """scikit-learn's 1,797 8x8 digits, split 80/20 once and for all (stratified, seed 0)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -180,7 +196,11 @@ def _digits_source() -> Source:
     x_train, x_test, y_train, y_test = train_test_split(
         images, labels, test_size=0.2, random_state=0, stratify=labels
     )
-    splits = {"train": (x_train, y_train), "test": (x_test, y_test)}
+    names = _check_classes(classes, 10, [str(i) for i in range(10)])
+    splits = {}
+    for split, (x, y) in {"train": (x_train, y_train), "test": (x_test, y_test)}.items():
+        index, y = _select(y, classes)
+        splits[split] = (x[index], y)
 
     def records(split: str, lo: int, hi: int | None, seed: int | None) -> tf.data.Dataset:
         x, y = splits[split]
@@ -188,8 +208,8 @@ def _digits_source() -> Source:
 
     return Source(
         name="digits",
-        num_classes=10,
-        class_names=[str(i) for i in range(10)],
+        num_classes=len(names),
+        class_names=names,
         image_shape=(8, 8, 1),
         split_sizes={k: len(v[1]) for k, v in splits.items()},
         records=records,
@@ -213,7 +233,7 @@ def _scan(paths: Sequence[str]) -> tuple[list[str], np.ndarray]:
     return bad, shapes[shapes[:, 0] > 0]
 
 
-def _image_folder_source(root: str) -> Source:
+def _image_folder_source(root: str, classes: Sequence[int] = ()) -> Source:
     """ROOT/SPLIT/CLASS/* through TFDS's ImageFolder; undecodable files are dropped."""
     if not root:
         raise ValueError("dataset 'image_folder' needs --config.data_dir=ROOT holding ROOT/train/CLASS/*")
@@ -223,7 +243,9 @@ def _image_folder_source(root: str) -> Source:
     splits = dict(builder.info.splits)
     if "train" not in splits:
         raise ValueError(f"image folder {root!r} has no train/ subfolder; found: {sorted(splits)}")
-    class_names = builder.info.features["label"].names
+    class_names = _check_classes(
+        classes, builder.info.features["label"].num_classes, builder.info.features["label"].names
+    )
     skipped: dict[str, list[str]] = {}
     examples: dict[str, tuple[list[str], np.ndarray]] = {}
     shapes = set()
@@ -238,7 +260,8 @@ def _image_folder_source(root: str) -> Source:
         skipped[split], hw = _scan(files)
         bad = set(skipped[split])
         keep = [i for i, f in enumerate(files) if f not in bad]
-        examples[split] = ([files[i] for i in keep], np.asarray(labels, np.int64)[keep])
+        index, y = _select(np.asarray(labels, np.int64)[keep], classes)
+        examples[split] = ([files[keep[i]] for i in index], y)
         shapes.update(map(tuple, hw.tolist()))
 
     def records(split: str, lo: int, hi: int | None, seed: int | None) -> tf.data.Dataset:
@@ -316,10 +339,16 @@ def _tfds_source(name: str, data_dir: str, manual_dir: str) -> Source:
 
 
 def create_source(config: Any) -> Source:
+    classes = tuple(int(c) for c in config.classes)
     if config.dataset == "digits":
-        return _digits_source()
+        return _digits_source(classes)
     if config.dataset == "image_folder":
-        return _image_folder_source(config.data_dir)
+        return _image_folder_source(config.data_dir, classes)
+    if classes:
+        raise ValueError(
+            f"config.classes={classes} works with 'digits' and 'image_folder'; not yet with TFDS "
+            f"dataset {config.dataset!r}"
+        )
     return _tfds_source(config.dataset, config.data_dir, config.manual_dir)
 
 

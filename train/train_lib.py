@@ -421,7 +421,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """
     from tqdm.auto import tqdm
 
-    from train import checkpointing, input_pipeline
+    from train import checkpointing, finetune, input_pipeline
 
     start_time = time.time()
     _check_config(config)
@@ -435,21 +435,36 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             "skipped %d undecodable image(s) in split %r: %s", len(files), split, ", ".join(files[:5])
         )
 
-    model = resnet_jax.create_model(
-        config.model,
+    model_kw = dict(
         num_classes=data.num_classes,
         in_channels=data.image_shape[-1],
         dtype=jnp.dtype(config.dtype),
         drop_rate=config.drop_rate,
     )
+    model = resnet_jax.create_model(config.model, **model_kw)
+    x = jnp.zeros((1, *data.image_shape), jnp.float32)
+    param_shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)["params"]
+    if config.freeze and config.freeze_batch_stats:
+        parts = finetune.frozen_parts(param_shapes, config.freeze)
+        model = resnet_jax.create_model(config.model, frozen_norm_parts=parts, **model_kw)
     learning_rate_fn = create_learning_rate_fn(config, data.steps_per_epoch)
-    tx = create_optimizer(config, learning_rate_fn)
+    tx = finetune.create_optimizer(config, learning_rate_fn, param_shapes, create_optimizer)
     init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
     state = create_train_state(model, tx, data.image_shape, init_rng, ema=config.ema_decay > 0)
-    state = replicate(state, mesh)
-    step_rng = replicate(step_rng, mesh)
 
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config)
+    if config.init_from and ckpt.latest_step() is None:
+        params, batch_stats, report = finetune.restore(config.init_from, state.params, state.batch_stats)
+        if jax.process_index() == 0:
+            print(report, flush=True)
+        state = state.replace(
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=tx.init(params),
+            ema_params=jax.tree.map(np.copy, params) if config.ema_decay > 0 else None,
+        )
+    state = replicate(state, mesh)
+    step_rng = replicate(step_rng, mesh)
     state, start_step = ckpt.restore(state, mesh)
     total = total_steps(config, data.steps_per_epoch)
     if start_step and jax.process_index() == 0:

@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "digits"
     config.data_dir = ""  # TFDS data_dir, or the image-folder root; '' = TFDS default
     config.manual_dir = ""  # TFDS manual_dir, for datasets such as imagenet2012
+    config.classes = ()  # a subset of label ids, renumbered 0..K-1 (digits, image_folder)
     config.train_split = "train"
     config.eval_split = ""  # '' = 'test', else 'validation'
     config.validation_examples = 0  # > 0: hold out the last N train examples as the eval split
@@ -56,6 +57,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
     config.grad_accum_steps = 1  # > 1: one optimizer update every this many batches
     config.ema_decay = 0.0  # > 0: keep an EMA of the weights and evaluate with it
+
+    # Fine-tuning (see train/finetune.py).
+    config.init_from = ""  # a `python -m resnet_jax.convert` output dir, or a workdir
+    config.freeze = ""  # 'backbone', part names ('stem,stage1'), or a regex over param paths
+    config.freeze_batch_stats = False  # frozen parts run BatchNorm on running averages
+    config.head_lr_multiplier = 1.0
+    config.backbone_lr_multiplier = 1.0
+    config.layer_decay = 1.0  # < 1: lr * layer_decay**k for the part k steps below the head
 
     # Bookkeeping.
     config.log_every_steps = 20

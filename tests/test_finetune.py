@@ -1,0 +1,143 @@
+"""Fine-tuning: freeze specs, frozen parameters bitwise unchanged with no optimizer state,
+per-group learning rates, and init_from across a change of head."""
+
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+
+import resnet_jax
+from resnet_jax import convert
+from train import finetune, train_lib
+from train.configs import default
+
+
+@pytest.fixture(scope="module")
+def params():
+    model = resnet_jax.create_model("resnet20", num_classes=5)
+    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+
+
+def _frozen(params, spec):
+    return sorted("/".join(k) for k, v in finetune.frozen_mask(params, spec).items() if v)
+
+
+def test_freeze_specs(params):
+    everything = {"/".join(k) for k in traverse_util.flatten_dict(params)}
+    assert set(_frozen(params, "backbone")) == everything - {"head/kernel", "head/bias"}
+    assert {p.split("/")[0] for p in _frozen(params, "stem,stage1")} == {
+        "stem_conv", "stem_norm", "stage1_block1", "stage1_block2", "stage1_block3",
+    }  # fmt: skip
+    assert _frozen(params, r"stage3_block\d/conv2") == [f"stage3_block{i}/conv2/kernel" for i in (1, 2, 3)]
+    assert _frozen(params, "") == []
+    assert finetune.frozen_parts(params, "backbone") == ("stage1", "stage2", "stage3", "stem")
+    with pytest.raises(ValueError, match=r"freeze='stage9_\.\*' matches no parameter"):
+        finetune.frozen_mask(params, "stage9_.*")
+    with pytest.raises(ValueError, match=r"freeze='\[' is neither 'backbone'"):
+        finetune.frozen_mask(params, "[")
+
+
+def _config(**overrides):
+    base = dict(
+        optimizer="sgd", momentum=0.9, weight_decay=1e-4, grad_clip_norm=0.0, grad_accum_steps=1,
+        freeze="", head_lr_multiplier=1.0, backbone_lr_multiplier=1.0, layer_decay=1.0,
+    )  # fmt: skip
+    return SimpleNamespace(**{**base, **overrides})
+
+
+def _real_params():
+    model = resnet_jax.create_model("resnet20", num_classes=5)
+    return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+
+
+def test_frozen_parameters_stay_bitwise_and_hold_no_optimizer_state():
+    params = _real_params()
+    tx = finetune.create_optimizer(
+        _config(freeze="backbone"), optax.constant_schedule(0.1), params, train_lib.create_optimizer
+    )
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    new = params
+    for _ in range(3):
+        updates, state = tx.update(grads, state, new)
+        new = optax.apply_updates(new, updates)
+    flat_old, flat_new = traverse_util.flatten_dict(params), traverse_util.flatten_dict(new)
+    for k in flat_old:
+        same = np.array_equal(np.asarray(flat_old[k]), np.asarray(flat_new[k]))
+        assert same == (k[0] != "head"), k
+    # Momentum buffers exist only for the head's two arrays.
+    momentum = sum(x.size for x in jax.tree.leaves(state) if getattr(x, "ndim", 0) > 0)
+    assert momentum == params["head"]["kernel"].size + params["head"]["bias"].size
+
+
+def test_head_multiplier_and_layer_decay():
+    params = _real_params()
+    grads = jax.tree.map(jnp.ones_like, params)
+    config = _config(momentum=0.0, weight_decay=0.0, head_lr_multiplier=10.0, layer_decay=0.5)
+    tx = finetune.create_optimizer(config, optax.constant_schedule(0.1), params, train_lib.create_optimizer)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    # head: 0.1 * 10; stage3: 0.1 * 0.5; stem: 0.1 * 0.5**4 (stem, stage1..3, head).
+    assert float(updates["head"]["bias"][0]) == pytest.approx(-1.0)
+    assert float(updates["stage3_block1"]["conv1"]["kernel"].ravel()[0]) == pytest.approx(-0.05)
+    assert float(updates["stem_conv"]["kernel"].ravel()[0]) == pytest.approx(-0.1 * 0.5**4)
+
+
+def test_restore_reinitialises_a_new_head_and_refuses_other_mismatches(tmp_path):
+    src_model = resnet_jax.create_model("resnet20", num_classes=10)
+    src = jax.jit(src_model.init)(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))
+    convert.save(src, {"source": "test", "model": "resnet20", "weights": "-"}, str(tmp_path / "src"))
+    dst = jax.jit(resnet_jax.create_model("resnet20", num_classes=5).init)(
+        jax.random.key(2), jnp.zeros((1, 8, 8, 3))
+    )
+    params, stats, report = finetune.restore(str(tmp_path / "src"), dst["params"], dst["batch_stats"])
+    print("\n" + report)
+    assert "re-initialised 2" in report and "params/head/kernel (source (64, 10), model (64, 5))" in report
+    np.testing.assert_array_equal(params["stem_conv"]["kernel"], src["params"]["stem_conv"]["kernel"])
+    np.testing.assert_array_equal(
+        stats["stage2_block1"]["norm1"]["var"], src["batch_stats"]["stage2_block1"]["norm1"]["var"]
+    )
+    np.testing.assert_array_equal(params["head"]["kernel"], dst["params"]["head"]["kernel"])
+    gray = jax.jit(resnet_jax.create_model("resnet20", in_channels=1).init)(
+        jax.random.key(3), jnp.zeros((1, 8, 8, 1))
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"params/stem_conv/kernel has shape \(3, 3, 3, 16\) in the source but "
+        r"\(3, 3, 1, 16\) in the model",
+    ):
+        finetune.restore(str(tmp_path / "src"), gray["params"], gray["batch_stats"])
+
+
+def test_finetune_10_to_5_classes_with_a_frozen_backbone(tmp_path, capsys):
+    # Train on all 10 digits, then fine-tune on digits 5-9 only, backbone and its
+    # BatchNorm frozen: the backbone must come out bitwise identical.
+    config = default.get_config()
+    config.update(num_train_steps=22, eval_every_steps=22, checkpoint_every_steps=22)
+    train_lib.train_and_evaluate(config, str(tmp_path / "source"))
+    config.update(
+        classes=(5, 6, 7, 8, 9),
+        init_from=str(tmp_path / "source"),
+        freeze="backbone",
+        freeze_batch_stats=True,
+    )
+    summary = train_lib.train_and_evaluate(config, str(tmp_path / "target"))
+    assert "re-initialised 2" in capsys.readouterr().out
+    assert summary["final"]["count"] == 180 and summary["final"]["top1"] > 0.5
+
+    def saved(workdir, step):
+        manager = ocp.CheckpointManager(str(workdir / "checkpoints"))
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        manager.close()
+        return traverse_util.flatten_dict({"params": state["params"], "batch_stats": state["batch_stats"]})
+
+    before, after = saved(tmp_path / "source", 22), saved(tmp_path / "target", 22)
+    for k, v in after.items():
+        if k[1] == "head":
+            assert v.shape[-1] == 5
+        else:
+            np.testing.assert_array_equal(v, before[k], err_msg="/".join(k))
