@@ -293,7 +293,10 @@ def test_every_config_documents_its_command():
         for p in pathlib.Path(ip.__file__).parent.joinpath("configs").glob("*.py")
         if p.stem != "__init__"
     )
-    assert names == ["cifar10", "cifar100_wrn28_10", "default", "image_folder", "imagenet_resnet50", "mnist"]
+    assert names == [
+        "cifar10", "cifar100_wrn28_10", "default", "finetune_cifar", "finetune_imagenet_resnet50",
+        "image_folder", "imagenet_resnet50", "mnist",
+    ]  # fmt: skip
     for name in names:
         module = importlib.import_module(f"train.configs.{name}")
         assert module.__doc__.startswith("python -m train.main"), name

@@ -102,3 +102,9 @@ def test_create_model_with_weights_fetches_converts_and_caches(tmp_path, monkeyp
     import numpy as np
 
     jax.tree.map(np.testing.assert_array_equal, again, variables)
+    # train's init_from takes the same tag, through the same cache.
+    from train import finetune
+
+    restored, where = finetune._load_source("torchvision_v1", "resnet18")
+    assert "resnet18 torchvision_v1" in where
+    jax.tree.map(np.testing.assert_array_equal, restored, variables)

@@ -1,9 +1,10 @@
 """Fine-tuning: start from saved weights, freeze parts, give parts their own learning rate.
 
-- ``init_from``: a directory written by ``python -m resnet_jax.convert`` (converted
-  pretrained weights) or a training workdir (its newest checkpoint). Matching subtrees
-  are restored; a head of another size is re-initialised; any other shape mismatch is an
-  error that names the path and both shapes. ``restore`` returns a printed report.
+- ``init_from``: a registered weights tag of the model (``torchvision_v1``), a directory
+  written by ``python -m resnet_jax.convert``, or a training workdir (its newest
+  checkpoint). Matching subtrees are restored; a head of another size is re-initialised;
+  any other shape mismatch is an error that names the path and both shapes. ``restore``
+  returns a printed report.
 - ``freeze``: ``backbone`` (all but the head), part names (``stem``, ``stage1`` ...,
   comma-separated), or a regular expression over ``/``-joined parameter paths. Frozen
   parameters get ``optax.set_to_zero`` through ``optax.multi_transform``: they keep their
@@ -104,10 +105,14 @@ def create_optimizer(
     return optax.multi_transform(transforms, traverse_util.unflatten_dict(labels))
 
 
-def _load_source(path: str) -> tuple[dict[str, Any], str]:
-    """Variables ({'params', 'batch_stats'}) from a converted directory or a workdir."""
-    from resnet_jax import convert
+def _load_source(path: str, model: str = "") -> tuple[dict[str, Any], str]:
+    """Variables ({'params', 'batch_stats'}) from a registered weights tag of ``model``,
+    a converted directory or a workdir."""
+    from resnet_jax import convert, weights
 
+    if model and not os.path.exists(path) and path in [w.tag for w in weights.list_weights(model)]:
+        entry = weights.get_weights(model, path)
+        return weights.load_pretrained(entry), f"{model} {path} ({entry.url})"
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.exists(os.path.join(path, "metadata.json")):
         variables, meta = convert.load(path)
@@ -129,13 +134,13 @@ def _load_source(path: str) -> tuple[dict[str, Any], str]:
     return variables, f"{directory} step {step}"
 
 
-def restore(init_from: str, params: Any, batch_stats: Any) -> tuple[Any, Any, str]:
+def restore(init_from: str, params: Any, batch_stats: Any, model: str = "") -> tuple[Any, Any, str]:
     """``params``/``batch_stats`` with every matching array taken from ``init_from``.
 
     Returns the new trees and a report listing what was restored, re-initialised
     (missing or a head of another size) and ignored (in the source only).
     """
-    source, where = _load_source(init_from)
+    source, where = _load_source(init_from, model)
     target = traverse_util.flatten_dict({"params": params, "batch_stats": batch_stats or {}})
     src = traverse_util.flatten_dict({k: source.get(k) or {} for k in ("params", "batch_stats")})
     restored, reinit, out = [], [], dict(target)

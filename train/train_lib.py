@@ -454,7 +454,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config)
     if config.init_from and ckpt.latest_step() is None:
-        params, batch_stats, report = finetune.restore(config.init_from, state.params, state.batch_stats)
+        params, batch_stats, report = finetune.restore(
+            config.init_from, state.params, state.batch_stats, config.model
+        )
         if jax.process_index() == 0:
             print(report, flush=True)
         state = state.replace(
