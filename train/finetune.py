@@ -134,11 +134,14 @@ def _load_source(path: str, model: str = "") -> tuple[dict[str, Any], str]:
     return variables, f"{directory} step {step}"
 
 
-def restore(init_from: str, params: Any, batch_stats: Any, model: str = "") -> tuple[Any, Any, str]:
+def restore(
+    init_from: str, params: Any, batch_stats: Any, model: str = "", reinit_head: bool = False
+) -> tuple[Any, Any, str]:
     """``params``/``batch_stats`` with every matching array taken from ``init_from``.
 
     Returns the new trees and a report listing what was restored, re-initialised
-    (missing or a head of another size) and ignored (in the source only).
+    (missing, a head of another size, or any head with ``reinit_head``) and ignored
+    (in the source only).
     """
     source, where = _load_source(init_from, model)
     target = traverse_util.flatten_dict({"params": params, "batch_stats": batch_stats or {}})
@@ -150,6 +153,9 @@ def restore(init_from: str, params: Any, batch_stats: Any, model: str = "") -> t
             reinit.append(f"{name} (not in the source)")
             continue
         have = tuple(np.shape(src[path]))
+        if reinit_head and path[1] == "head":
+            reinit.append(f"{name} (reinit_head)")
+            continue
         if have != tuple(value.shape):
             if path[1] == "head":
                 reinit.append(f"{name} (source {have}, model {tuple(value.shape)})")

@@ -455,7 +455,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config)
     if config.init_from and ckpt.latest_step() is None:
         params, batch_stats, report = finetune.restore(
-            config.init_from, state.params, state.batch_stats, config.model
+            config.init_from, state.params, state.batch_stats, config.model, config.reinit_head
         )
         if jax.process_index() == 0:
             print(report, flush=True)

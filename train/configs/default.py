@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Fine-tuning (see train/finetune.py).
     config.init_from = ""  # a `python -m resnet_jax.convert` output dir, or a workdir
+    config.reinit_head = False  # True: a fresh head even when the class count matches
     config.freeze = ""  # 'backbone', part names ('stem,stage1'), or a regex over param paths
     config.freeze_batch_stats = False  # frozen parts run BatchNorm on running averages
     config.head_lr_multiplier = 1.0

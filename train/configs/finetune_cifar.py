@@ -21,6 +21,7 @@ def get_config():
     config.data_dir = ""  # required: DIR/train/CLASS/*, DIR/test/CLASS/*
     config.classes = (5, 6, 7, 8, 9)
     config.init_from = ""  # required: the source workdir, or a converted-weights directory
+    config.reinit_head = True  # new classes: the source head's class i means nothing here
     config.freeze = "backbone"
     config.freeze_batch_stats = True
     config.learning_rate = 0.1
