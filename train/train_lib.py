@@ -386,6 +386,7 @@ class MetricWriter:
             steps = [r["step"] for r in rs]
             axes[0].plot(steps, [r["loss"] for r in rs], style, label=split)
             axes[1].plot(steps, [r["top1"] for r in rs], style, label=split)
+        axes[0].set_yscale("log")  # early eval losses can be 100x the final ones
         for ax, name in zip(axes, ("loss", "top-1 accuracy")):
             ax.set_xlabel("step")
             ax.set_ylabel(name)
