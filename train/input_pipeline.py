@@ -490,7 +490,6 @@ def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
 def _options() -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
-    options.threading.private_threadpool_size = 0  # TF's default pool
     return options
 
 
