@@ -80,7 +80,8 @@ def create_model(name: str, weights: str | None = None, **overrides: Any) -> Any
 
     With ``weights`` (a tag from ``resnet_jax.weights.list_weights(name)``, e.g.
     ``'torchvision_v1'``) it returns ``(model, variables)``: the converted weights come
-    from the local cache, fetched, verified and converted on first use (no torch needed).
+    from the local cache. On first use they are fetched, verified and converted, which
+    reads the ``.pth`` with torch (the ``convert`` extra); later loads need no torch.
 
     Raises:
       ValueError: for an unknown name (suggesting the closest ones) or an unknown field.

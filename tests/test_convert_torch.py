@@ -112,7 +112,10 @@ def test_pickled_payload_is_refused_and_never_runs(tmp_path):
     weights = tmp_path / "evil.pth"
     torch.save({"conv1.weight": torch.zeros(1), "extra": _Payload(str(marker))}, weights)
     assert not marker.exists()
-    with pytest.raises(convert.UnsafeWeightsError, match=r"evil\.pth.*asks for io\.open.*refused without"):
+    with pytest.raises(
+        convert.UnsafeWeightsError,
+        match=r"evil\.pth.*asks for io\.open.*weights_only=True\) refused it without",
+    ):
         convert.load_state_dict(str(weights))
     assert not marker.exists()
 
@@ -127,17 +130,17 @@ def test_pth_and_safetensors_files_convert(tmp_path):
     for name in ("w.pth", "w.safetensors"):
         arrays = convert.load_state_dict(str(tmp_path / name))
         _compare(torch_model, convert.from_torchvision(arrays, "resnet18"), "resnet18")
-    # Reading needs no torch: a fresh interpreter reads the .pth and never imports it.
+    # A .safetensors file needs no torch: a fresh interpreter reads it and never imports torch.
     code = (
         "import sys; from resnet_jax import convert; "
-        f"a = convert.load_state_dict({str(tmp_path / 'w.pth')!r}); "
+        f"a = convert.load_state_dict({str(tmp_path / 'w.safetensors')!r}); "
         "assert 'torch' not in sys.modules; print(len(a), a['fc.weight'].shape)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split()[0] == str(len(state)) and "(7, 512)" in out
 
 
-def test_torch_zip_reader_handles_views_half_precision_and_parameters(tmp_path):
+def test_pth_reader_handles_views_half_precision_and_parameters(tmp_path):
     tensors = {
         "bf16": torch.randn(3, 4).to(torch.bfloat16),
         "fp16": torch.randn(3).half(),

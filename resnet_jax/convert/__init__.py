@@ -8,7 +8,6 @@ source framework; the source arrives as arrays.
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -241,95 +240,44 @@ def from_timm(state_dict: Mapping[str, Any], model_name: str) -> Variables:
 
 
 # ---------------------------------------------------------------------------------------
-# Reading weight files, without torch. No pickle is ever executed: .safetensors and .h5 are
-# read as data, and .pth through an unpickler that accepts only tensors and their storages
-# and refuses every other global before calling it.
+# Reading weight files. No untrusted pickle is ever executed: .safetensors and .h5 are read
+# as data, and .pth only through torch.load(weights_only=True), whose unpickler accepts
+# tensors and plain containers and refuses every other global before calling it.
 
 
 class UnsafeWeightsError(ValueError):
     """A weights file whose pickle holds more than tensors and plain containers."""
 
 
-# Storage classes a PyTorch zip file may name, by the numpy dtype of their bytes.
-_TORCH_STORAGES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-}  # fmt: skip
-
-
-class _Storage:
-    def __init__(self, dtype: Any):
-        self.dtype = dtype
-
-
-def _rebuild_tensor(storage, offset, size, stride, *_):
-    item = storage.itemsize
-    return np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=tuple(size), strides=tuple(s * item for s in stride)
-    ).copy()
-
-
-def _rebuild_parameter(data, *_):
-    return data
-
-
-def read_torch_zip(path: str) -> Any:
-    """The object in a PyTorch ``.pth`` (zip format, torch >= 1.6), read without torch.
-
-    Its pickle is read by an unpickler that knows only tensors, storages and ordered
-    dicts: any other global (the way a pickle runs code) raises ``UnsafeWeightsError``
-    before anything is called.
-    """
+def _torch_load_weights_only(path: str) -> Any:
     import pickle
-    import zipfile
 
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
-        if pkl is None:
-            raise ValueError(f"{path!r} is not a PyTorch zip checkpoint (no data.pkl)")
-        prefix = pkl[: -len("data.pkl")]
-
-        def load_storage(dtype: Any, key: str) -> np.ndarray:
-            raw = archive.read(f"{prefix}data/{key}")
-            if dtype == "bfloat16":  # numpy has no bf16: widen the 16 bits to float32
-                return (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-            return np.frombuffer(raw, dtype)
-
-        class Unpickler(pickle.Unpickler):
-            def find_class(self, module: str, name: str) -> Any:
-                if module == "collections" and name == "OrderedDict":
-                    return collections.OrderedDict
-                if module == "torch._utils" and name == "_rebuild_tensor_v2":
-                    return _rebuild_tensor
-                if module == "torch._utils" and name == "_rebuild_parameter":
-                    return _rebuild_parameter
-                if module == "torch" and name in _TORCH_STORAGES:
-                    return _Storage(_TORCH_STORAGES[name])
-                raise UnsafeWeightsError(
-                    f"{path!r} is not a plain weights file: its pickle asks for {module}.{name}, so it "
-                    "was refused without running it. Load it only if you trust it, and save its "
-                    "state_dict as .safetensors."
-                )
-
-            def persistent_load(self, pid: Any) -> np.ndarray:
-                kind, storage, key, *_ = pid
-                if kind != "storage" or not isinstance(storage, _Storage):
-                    raise UnsafeWeightsError(f"{path!r}: unexpected persistent id {pid!r}")
-                return load_storage(storage.dtype, key)
-
-        with archive.open(pkl) as f:
-            return Unpickler(f).load()
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"reading {path!r} needs torch, which is only imported for .pth files: "
+            "pip install 'resnet_jax[convert]'. A .safetensors file needs no torch."
+        ) from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        asked = f"asks for {found.group(1)}" if found else f"failed the weights-only check ({e})"
+        raise UnsafeWeightsError(
+            f"{path!r} is not a plain weights file: its pickle {asked}, so torch.load(weights_only=True) "
+            "refused it without running it. Load it only if you trust it, and save its state_dict as "
+            ".safetensors."
+        ) from None
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """``{name: float32 array}`` from a ``.safetensors`` or a PyTorch ``.pth``/``.pt``/``.bin``.
 
-    Neither needs torch: ``.safetensors`` is read by ``safetensors.numpy``, and ``.pth``
-    by ``read_torch_zip``, which refuses (``UnsafeWeightsError``) any pickle that asks for
-    more than tensors, so a payload never runs. Checkpoints that wrap the weights
-    (``{'state_dict': ...}``, ``{'model': ...}``) are unwrapped.
+    ``.safetensors`` is read by ``safetensors.numpy``, without torch. ``.pth`` is read
+    only by ``torch.load(weights_only=True)``: a pickle that asks for more than tensors
+    raises ``UnsafeWeightsError`` and its payload never runs. Checkpoints that wrap the
+    weights (``{'state_dict': ...}``, ``{'model': ...}``) are unwrapped.
     """
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
@@ -337,20 +285,13 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
     if not path.endswith((".pth", ".pt", ".bin")):
         raise ValueError(f"weights file {path!r}: expected .safetensors, .pth, .pt or .bin")
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path!r} is a legacy (pre-1.6, non-zip) PyTorch file; re-save it with torch.save, or as "
-            ".safetensors"
-        )
-    obj = read_torch_zip(path)
+    obj = _torch_load_weights_only(path)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state dict")
-    return {k: np.asarray(v, np.float32) for k, v in obj.items() if isinstance(v, np.ndarray)}
+    return {k: _as_numpy(v) for k, v in obj.items() if hasattr(v, "detach")}
 
 
 def keras_h5_weights(path: str) -> dict[str, list[np.ndarray]]:

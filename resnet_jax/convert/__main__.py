@@ -4,8 +4,9 @@ Converts pretrained weights into an Orbax checkpoint of resnet_jax variables:
 ``DIR/variables`` ({'params', 'batch_stats'}) and ``DIR/metadata.json`` (source, model,
 classes, preprocessing mean/std and resolution, the input file's SHA-256). ``--weights``
 (W) is a local file, a URL, or a registered tag such as ``torchvision_v1`` (see
-``resnet_jax.weights``); a URL or tag is downloaded into the cache and verified. Files
-are read without torch and no pickle is executed (see ``load_state_dict``).
+``resnet_jax.weights``); a URL or tag is downloaded into the cache and verified.
+``.safetensors`` and Keras files are read as data; ``.pth`` only through
+``torch.load(weights_only=True)``, so no pickled payload runs (see ``load_state_dict``).
 """
 
 from __future__ import annotations
