@@ -1,6 +1,11 @@
 """Fine-tuning: freeze specs, frozen parameters bitwise unchanged with no optimizer state,
 per-group learning rates, and init_from across a change of head."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import jax
@@ -113,20 +118,25 @@ def test_restore_reinitialises_a_new_head_and_refuses_other_mismatches(tmp_path)
         finetune.restore(str(tmp_path / "src"), gray["params"], gray["batch_stats"])
 
 
-def test_finetune_10_to_5_classes_with_a_frozen_backbone(tmp_path, capsys):
-    # Train on all 10 digits, then fine-tune on digits 5-9 only, backbone and its
-    # BatchNorm frozen: the backbone must come out bitwise identical.
+def test_finetune_10_to_5_classes_with_a_frozen_backbone(tmp_path):
+    # Train on all 10 digits, then fine-tune on digits 5-9 only through the command line's
+    # --config.init_from=WORKDIR --config.freeze=backbone, BatchNorm frozen too: the
+    # backbone must come out bitwise identical.
     config = default.get_config()
     config.update(num_train_steps=22, eval_every_steps=22, checkpoint_every_steps=22)
     train_lib.train_and_evaluate(config, str(tmp_path / "source"))
-    config.update(
-        classes=(5, 6, 7, 8, 9),
-        init_from=str(tmp_path / "source"),
-        freeze="backbone",
-        freeze_batch_stats=True,
-    )
-    summary = train_lib.train_and_evaluate(config, str(tmp_path / "target"))
-    assert "re-initialised 2" in capsys.readouterr().out
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable, "-m", "train.main", f"--workdir={tmp_path / 'target'}",
+        f"--config.init_from={tmp_path / 'source'}", "--config.freeze=backbone",
+        "--config.freeze_batch_stats=True", "--config.classes=(5,6,7,8,9)",
+        "--config.num_train_steps=22", "--config.eval_every_steps=22", "--config.checkpoint_every_steps=22",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "re-initialised 2" in proc.stdout
+    summary = json.loads((tmp_path / "target" / "summary.json").read_text())
     assert summary["final"]["count"] == 180 and summary["final"]["top1"] > 0.5
 
     def saved(workdir, step):
@@ -141,3 +151,57 @@ def test_finetune_10_to_5_classes_with_a_frozen_backbone(tmp_path, capsys):
             assert v.shape[-1] == 5
         else:
             np.testing.assert_array_equal(v, before[k], err_msg="/".join(k))
+
+
+def test_finetune_imagenet_resnet50_config_end_to_end_on_mock_flowers(tmp_path, monkeypatch, capsys):
+    # The flowers config as shipped (ResNet-50 at 224, init_from='torchvision_v1', inception
+    # crop, every BatchNorm frozen), for 2 steps on TFDS mock data. The tag resolves through
+    # the weights registry's cache, where a random stand-in for the converted file is put:
+    # nothing is downloaded, and torch is not needed.
+    import tensorflow_datasets as tfds
+
+    from train.configs import finetune_imagenet_resnet50
+
+    monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path / "cache"))
+    source = jax.jit(resnet_jax.create_model("resnet50").init)(jax.random.key(4), jnp.zeros((1, 32, 32, 3)))
+    convert.save(
+        source,
+        {"source": "torchvision", "model": "resnet50", "weights": "stand-in"},
+        str(tmp_path / "cache" / "converted" / "resnet50-torchvision_v1"),
+    )
+    config = finetune_imagenet_resnet50.get_config()
+    assert (config.model, config.image_size, config.freeze, config.freeze_batch_stats) == (
+        "resnet50", 224, "", True,
+    )  # fmt: skip
+    # TFDS mock data ignores split slices, so the held-out slice becomes mock 'test' data.
+    config.update(batch_size=4, num_train_steps=2, validation_examples=0, shuffle_buffer=16)
+    config.update(checkpoint_every_steps=2, eval_every_steps=2, log_every_steps=1)
+    with tfds.testing.mock_data(num_examples=24):
+        summary = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    assert "re-initialised 2" in capsys.readouterr().out  # 1000 ImageNet classes -> 5 flowers
+    assert summary["final"]["count"] == 24 and np.isfinite(summary["final"]["loss"])
+
+    manager = ocp.CheckpointManager(str(tmp_path / "run" / "checkpoints"))
+    state = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager.close()
+    # Every parameter trained, every BatchNorm statistic stayed the pretrained one.
+    assert state["params"]["head"]["kernel"].shape == (2048, 5)
+    assert not np.array_equal(
+        state["params"]["stage1_block1"]["conv1"]["kernel"],
+        source["params"]["stage1_block1"]["conv1"]["kernel"],
+    )
+    for k, v in traverse_util.flatten_dict(state["batch_stats"]).items():
+        np.testing.assert_array_equal(v, traverse_util.flatten_dict(source["batch_stats"])[k], err_msg=str(k))
+
+
+def test_linear_probe_preset():
+    from train.configs import linear_probe
+
+    for base, model in (("finetune_imagenet_resnet50", "resnet50"), ("finetune_cifar", "resnet20")):
+        config = linear_probe.get_config(base)
+        assert config.model == model and config.freeze == "backbone" and config.freeze_batch_stats
+        assert config.reinit_head and config.weight_decay == 0.0 and config.label_smoothing == 0.0
+    with pytest.raises(
+        ValueError, match=r"linear_probe\.py:cifar.*valid: finetune_imagenet_resnet50, finetune"
+    ):
+        linear_probe.get_config("cifar")

@@ -295,7 +295,7 @@ def test_every_config_documents_its_command():
     )
     assert names == [
         "cifar10", "cifar100_wrn28_10", "default", "finetune_cifar", "finetune_imagenet_resnet50",
-        "image_folder", "imagenet_resnet50", "mnist",
+        "image_folder", "imagenet_resnet50", "linear_probe", "mnist",
     ]  # fmt: skip
     for name in names:
         module = importlib.import_module(f"train.configs.{name}")

@@ -71,7 +71,11 @@ def frozen_mask(params: Any, spec: str) -> dict[tuple[str, ...], bool]:
 
 
 def frozen_parts(params: Any, spec: str) -> tuple[str, ...]:
-    """The parts with any frozen parameter: where ``freeze_batch_stats`` freezes BatchNorm."""
+    """The parts with any frozen parameter: where ``freeze_batch_stats`` freezes BatchNorm.
+
+    With nothing frozen (``freeze=''``), the trainer passes ``'backbone'``: every part's
+    BatchNorm then runs on running averages while all parameters train.
+    """
     n = _num_stages(params)
     return tuple(
         sorted({part_of(k, n) for k, frozen in frozen_mask(params, spec).items() if frozen} - {"head"})

@@ -445,8 +445,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     model = resnet_jax.create_model(config.model, **model_kw)
     x = jnp.zeros((1, *data.image_shape), jnp.float32)
     param_shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)["params"]
-    if config.freeze and config.freeze_batch_stats:
-        parts = finetune.frozen_parts(param_shapes, config.freeze)
+    if config.freeze_batch_stats:
+        parts = finetune.frozen_parts(param_shapes, config.freeze or "backbone")
         model = resnet_jax.create_model(config.model, frozen_norm_parts=parts, **model_kw)
     learning_rate_fn = create_learning_rate_fn(config, data.steps_per_epoch)
     tx = finetune.create_optimizer(config, learning_rate_fn, param_shapes, create_optimizer)

@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.init_from = ""  # a `python -m resnet_jax.convert` output dir, or a workdir
     config.reinit_head = False  # True: a fresh head even when the class count matches
     config.freeze = ""  # 'backbone', part names ('stem,stage1'), or a regex over param paths
-    config.freeze_batch_stats = False  # frozen parts run BatchNorm on running averages
+    config.freeze_batch_stats = False  # frozen parts (all, when freeze='') run BN on running averages
     config.head_lr_multiplier = 1.0
     config.backbone_lr_multiplier = 1.0
     config.layer_decay = 1.0  # < 1: lr * layer_decay**k for the part k steps below the head

@@ -3,8 +3,9 @@ r"""python -m train.main --config=train/configs/finetune_imagenet_resnet50.py --
 ImageNet-pretrained ResNet-50 (torchvision's IMAGENET1K_V1, converted and cached on first
 use; `--config.init_from=DIR` takes a `python -m resnet_jax.convert` output instead)
 fine-tuned on TFDS tf_flowers (3,670 photos, 5 classes; the last 670 held out) at 224:
-SGD at 0.01 with a 10x head, BatchNorm statistics frozen, inception crop + flip.
-`--config.freeze=backbone` makes it a linear probe; `--config.dataset=oxford_flowers102
+SGD at 0.01 with a 10x head; every parameter trains, while every BatchNorm runs on its
+ImageNet running averages; inception crop + flip. `train/configs/linear_probe.py` is the
+linear probe of the same setup. `--config.dataset=oxford_flowers102
 --config.validation_examples=0` uses that dataset's own test split.
 """
 
@@ -19,7 +20,7 @@ def get_config():
     config.shuffle_buffer = 4_000
     config.init_from = "torchvision_v1"  # a registered tag of config.model, or a directory
     config.freeze = ""  # '' fine-tunes everything; 'backbone' is a linear probe
-    config.freeze_batch_stats = True  # with freeze='', applies to the frozen parts only
+    config.freeze_batch_stats = True  # all BatchNorms on running averages (with freeze: the frozen ones)
     config.batch_size = 64
     config.learning_rate = 0.01
     config.lr_base_batch_size = 0
