@@ -6,6 +6,7 @@ import io
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from train import input_pipeline as ip
@@ -235,6 +236,13 @@ def test_image_folder_converts_odd_images_and_counts_bad_ones(tmp_path):
     batch = next(data.train_batches())
     assert batch["image"].shape == (4, 16, 16, 3)
     assert sum(b["mask"].sum() for b in data.eval_batches()) == 4
+    # The fast listing is TFDS's own: same files, labels and order as its as_dataset.
+    builder = tfds.ImageFolder(str(tmp_path))
+    for split in ("train", "test"):
+        ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        listing = ds.map(lambda r: (r["image/filename"], r["label"])).as_numpy_iterator()
+        pairs = [(f.decode(), int(y)) for f, y in listing]
+        assert list(zip(*ip._folder_listing(builder, split))) == pairs
     # All decodable images are 12x10, so without image_size that is the input size.
     config.image_size = 0
     assert ip.create_data(config).image_shape == (12, 10, 3)
