@@ -34,14 +34,15 @@ def _filled_variables(model, x, seed=0):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-@pytest.mark.parametrize("name", resnet_jax.list_models())
+# ResNet-1202 is ResNet-110's network with 200 blocks a stage instead of 18: the same
+# block code, which resnet110 runs here. Its forward and backward pass took 12.5 minutes
+# on the 2-core CPU (and over 3 minutes just to compile under jax.jit), most of the
+# suite's time; its structure is checked by test_registry's exact parameter count.
+@pytest.mark.parametrize("name", [n for n in resnet_jax.list_models() if n != "resnet1202"])
 def test_forward_backward_finite(name):
     # Eager on purpose: on CPU, per-op dispatch (cached across models) is much cheaper
     # than compiling each network's whole forward and backward pass.
     model = resnet_jax.create_model(name, num_classes=3)
-    if sum(model.stage_sizes) > 100:
-        # ResNet-1202's 600 blocks: compile each distinct block once instead.
-        model = model.clone(block=nn.jit(model.block))
     x = _input(model)
     variables = _filled_variables(model, x)
 
