@@ -243,6 +243,9 @@ def test_image_folder_converts_odd_images_and_counts_bad_ones(tmp_path):
         listing = ds.map(lambda r: (r["image/filename"], r["label"])).as_numpy_iterator()
         pairs = [(f.decode(), int(y)) for f, y in listing]
         assert list(zip(*ip._folder_listing(builder, split))) == pairs
+        # A TFDS without the _split_examples attribute takes the as_dataset route: same answer.
+        bare = type("Bare", (), {"info": builder.info, "as_dataset": staticmethod(builder.as_dataset)})()
+        assert list(zip(*ip._folder_listing(bare, split))) == pairs
     # All decodable images are 12x10, so without image_size that is the input size.
     config.image_size = 0
     assert ip.create_data(config).image_shape == (12, 10, 3)
