@@ -48,6 +48,7 @@ def _keras_logits(model, x):
 )
 def keras_pair(request):
     keras_name, name, overrides, wrong = request.param
+    keras.utils.set_random_seed(0)  # the kernels keep Keras's own init; make it repeatable
     model = getattr(keras.applications, keras_name)(
         weights=None, input_shape=(64, 64, 3), classes=7, classifier_activation=None
     )
@@ -74,7 +75,11 @@ def test_the_keras_specific_fields_matter(keras_pair):
     x = (np.random.default_rng(1).normal(size=(2, 64, 64, 3)) * 0.1 - 3).astype(np.float32)
     variables = from_keras(keras_model, name)
     other = resnet_jax.create_model(name, num_classes=7, **{**overrides, **wrong})
-    assert not np.allclose(other.apply(variables, x), _keras_logits(keras_model, x), atol=1e-2)
+    diff = np.abs(np.asarray(other.apply(variables, x)) - _keras_logits(keras_model, x)).max()
+    # Ten times the parity tolerance. With Keras's unseeded init the V2 gap ranged from
+    # 0.007 to 0.03; with seed 0 it is 0.026 (ResNet50: 0.37).
+    print(f"{name} with {wrong}: max |logit diff| = {diff:.2e}")
+    assert diff > 1e-3
 
 
 def test_shape_mismatch_names_path_and_shapes(keras_pair):
