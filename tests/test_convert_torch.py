@@ -73,6 +73,32 @@ def test_torchvision_numpy_state_dict_and_headless():
     assert "head" not in convert.from_torchvision(headless, "resnet18")["params"]
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d"])
+def test_export_to_torchvision_loads_strictly_and_matches(name):
+    # Our own random init (calibrated BN statistics come from a train-mode pass), exported
+    # and loaded into torchvision with strict=True: every key and shape must line up.
+    model = create_model(name, num_classes=7)
+    x = np.random.default_rng(5).normal(size=(8, 64, 64, 3)).astype(np.float32)
+    variables = jax.jit(model.init)(jax.random.key(5), x)
+    _, stats = jax.jit(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
+    head = {"kernel": variables["params"]["head"]["kernel"] * 30, "bias": variables["params"]["head"]["bias"]}
+    variables = {"params": {**variables["params"], "head": head}, **stats}  # logits that vary with x
+    arrays = convert.to_torchvision(variables)
+    torch_model = getattr(tv_models, name)(num_classes=7)
+    counters = {k: v for k, v in torch_model.state_dict().items() if k.endswith("num_batches_tracked")}
+    torch_model.load_state_dict({**{k: torch.tensor(v) for k, v in arrays.items()}, **counters})
+    _compare(torch_model.eval(), variables, name)
+    back = convert.from_torchvision(arrays, name)
+    jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, variables))
+
+
+def test_export_refuses_a_layout_torchvision_lacks():
+    model = create_model("resnet18d", num_classes=3)
+    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match="stem_conv1 has no torchvision counterpart"):
+        convert.to_torchvision(variables)
+
+
 def test_timm_resnet_d_logits_match():
     timm = pytest.importorskip("timm")
     torch_model = _randomize(timm.create_model("resnet50d", pretrained=False, num_classes=7), seed=3)

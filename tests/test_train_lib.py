@@ -239,3 +239,30 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state():
     # The convolutions really run in bf16.
     hlo = jax.jit(train_lib.train_step).lower(state, _tiny_batch(), jax.random.key(1)).as_text()
     assert "bf16" in hlo
+
+
+def test_load_variables_reads_a_workdir_and_names_bad_steps(tmp_path):
+    import orbax.checkpoint as ocp
+
+    from train import checkpointing
+
+    manager = ocp.CheckpointManager(str(tmp_path / "run" / "checkpoints"))
+    for step in (3, 7):
+        state = {
+            "params": {"w": np.full(2, step, np.float32)},
+            "batch_stats": {"m": np.ones(2, np.float32)},
+            "ema_params": {"w": np.full(2, -step, np.float32)},
+        }
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    manager.wait_until_finished()
+    manager.close()
+    variables, step = checkpointing.load_variables(str(tmp_path / "run"))
+    assert step == 7 and variables["params"]["w"].tolist() == [7, 7]
+    assert variables["batch_stats"]["m"].tolist() == [1, 1]
+    variables, step = checkpointing.load_variables(str(tmp_path / "run" / "checkpoints"), step=3, ema=True)
+    assert step == 3 and variables["params"]["w"].tolist() == [-3, -3]
+    with pytest.raises(ValueError, match=r"step=5 is not saved .*saved: \[3, 7\]"):
+        checkpointing.load_variables(str(tmp_path / "run"), step=5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no checkpoint in"):
+        checkpointing.load_variables(str(tmp_path / "empty"))

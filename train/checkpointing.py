@@ -123,3 +123,30 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def load_variables(path: str, step: int | None = None, ema: bool = False) -> tuple[dict[str, Any], int]:
+    """``({'params', 'batch_stats'}, step)`` from a workdir or its ``checkpoints`` directory,
+    for inference or as a fine-tuning source: the newest step by default. ``ema=True``
+    takes the EMA weights (runs with ``ema_decay > 0``).
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    inner = os.path.join(path, "checkpoints")
+    directory = inner if os.path.isdir(inner) else path
+    if not os.path.isdir(directory):
+        raise ValueError(f"{path!r} is neither a workdir nor a checkpoint directory")
+    manager = ocp.CheckpointManager(directory)
+    try:
+        steps = list(manager.all_steps())
+        if not steps:
+            raise ValueError(f"no checkpoint in {directory}")
+        step = max(steps) if step is None else step
+        if step not in steps:
+            raise ValueError(f"step={step} is not saved in {directory}; saved: {sorted(steps)}")
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    finally:
+        manager.close()
+    if ema and not state.get("ema_params"):
+        raise ValueError(f"the checkpoint at step {step} in {directory} holds no EMA weights")
+    params = state["ema_params"] if ema else state["params"]
+    return {"params": params, "batch_stats": state.get("batch_stats") or {}}, step

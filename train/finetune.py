@@ -121,21 +121,15 @@ def _load_source(path: str, model: str = "") -> tuple[dict[str, Any], str]:
     if os.path.exists(os.path.join(path, "metadata.json")):
         variables, meta = convert.load(path)
         return variables, f"{path} ({meta.get('source')} {meta.get('model')}, {meta.get('weights')})"
-    directory = (
-        os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    )
-    import orbax.checkpoint as ocp
+    from train import checkpointing
 
-    if not os.path.isdir(directory):
+    if not os.path.isdir(path):
         raise ValueError(f"init_from={path!r} is neither a converted-weights directory nor a workdir")
-    manager = ocp.CheckpointManager(directory)
-    step = manager.latest_step()
-    if step is None:
-        raise ValueError(f"init_from={path!r}: no checkpoint in {directory}")
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    manager.close()
-    variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
-    return variables, f"{directory} step {step}"
+    try:
+        variables, step = checkpointing.load_variables(path)
+    except ValueError as e:
+        raise ValueError(f"init_from={path!r}: {e}") from None
+    return variables, f"{path} step {step}"
 
 
 def restore(

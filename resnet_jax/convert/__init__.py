@@ -239,6 +239,51 @@ def from_timm(state_dict: Mapping[str, Any], model_name: str) -> Variables:
     return _from_torch_layout(state_dict, model_name, "timm")
 
 
+_TORCH_BN_NAMES = {v: k for k, v in _TORCH_BN_LEAVES.items()}
+
+
+def _torch_module_name(path: tuple[str, ...]) -> str:
+    """resnet_jax module path -> torchvision module name (the inverse of ``_torch_module_path``)."""
+    top = path[0]
+    if top in ("stem_conv", "stem_norm", "head"):
+        return {"stem_conv": "conv1", "stem_norm": "bn1", "head": "fc"}[top]
+    m = re.fullmatch(r"stage(\d+)_block(\d+)", top)
+    if m is None or len(path) != 2:
+        raise ValueError(f"{'/'.join(path)} has no torchvision counterpart (torchvision layout only)")
+    prefix = f"layer{m[1]}.{int(m[2]) - 1}"
+    part = path[1]
+    if part in ("shortcut_conv", "shortcut_norm"):
+        return f"{prefix}.downsample.{0 if part == 'shortcut_conv' else 1}"
+    if re.fullmatch(r"conv\d|norm\d", part) is None:
+        raise ValueError(f"{'/'.join(path)} has no torchvision counterpart (torchvision layout only)")
+    return f"{prefix}.{part.replace('norm', 'bn')}"
+
+
+def to_torchvision(variables: Variables) -> dict[str, np.ndarray]:
+    """The inverse of ``from_torchvision``: a torchvision ``state_dict`` as numpy arrays.
+
+    For the models in torchvision's layout (``resnet18``..``resnet152``, ResNeXt, Wide
+    ResNet): ``torchvision.models.resnet50().load_state_dict({k: torch.from_numpy(v) ...})``
+    takes the result (add ``strict=False`` or ``num_batches_tracked`` zeros: torchvision's
+    BatchNorm counters have no counterpart here). Also writes ``.safetensors`` files in the
+    layout the converters read.
+    """
+    out: dict[str, np.ndarray] = {}
+    for collection in ("params", "batch_stats"):
+        for path, value in traverse_util.flatten_dict(dict(variables.get(collection) or {})).items():
+            value = np.asarray(value, dtype=np.float32)
+            module, leaf = _torch_module_name(path[:-1]), path[-1]
+            if leaf == "kernel" and value.ndim == 4:  # (kh, kw, in/groups, out) -> (out, in/groups, kh, kw)
+                out[f"{module}.weight"] = np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+            elif module == "fc":
+                out[f"fc.{'weight' if leaf == 'kernel' else 'bias'}"] = np.ascontiguousarray(value.T)
+            elif leaf in _TORCH_BN_NAMES:
+                out[f"{module}.{_TORCH_BN_NAMES[leaf]}"] = value
+            else:
+                raise ValueError(f"{collection}/{'/'.join(path)} has no torchvision counterpart")
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Reading weight files. No untrusted pickle is ever executed: .safetensors and .h5 are read
 # as data, and .pth only through torch.load(weights_only=True), whose unpickler accepts
