@@ -375,12 +375,11 @@ class MetricWriter:
         """Train and eval loss and top-1 against step, as a PNG."""
         if not self.active or not self.records:
             return
-        import matplotlib
+        # No pyplot: it would switch the backend of a notebook that called the trainer.
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig = Figure(figsize=(10, 4))
+        axes = fig.subplots(1, 2)
         for split, style in (("train", "-"), ("eval", "o-")):
             rs = [r for r in self.records if r["split"] == split]
             steps = [r["step"] for r in rs]
@@ -394,7 +393,6 @@ class MetricWriter:
             ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
 
 
 def _means(sums: Mapping[str, Any]) -> dict[str, float]:
