@@ -22,7 +22,7 @@ EXPECTED = {
 
 
 def test_the_three_notebooks_are_there():
-    assert NOTEBOOKS == sorted(EXPECTED)
+    assert sorted(EXPECTED) == NOTEBOOKS
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
