@@ -1,6 +1,7 @@
 """Prints a model's layer table, exact parameter count and forward FLOPs.
 
 python -m resnet_jax.summary resnet50 --image-size 224 --num-classes 1000
+python -m resnet_jax.summary --table [NAME ...]    # a Markdown table; all models by default
 """
 
 from __future__ import annotations
@@ -65,6 +66,26 @@ def summarize(
     return "\n".join(lines)
 
 
+def table(names: list[str]) -> str:
+    """A Markdown table of exact parameter counts and forward GFLOPs per image.
+
+    Each model has its default head (1000 classes, or 10 for the CIFAR nets) and input
+    (224x224x3, or 32x32x3). Nothing is materialised: shapes only, then XLA's cost analysis.
+    """
+    rows = ["| model | input | params | GFLOPs | G multiply-adds |", "|---|---|---|---|---|"]
+    for name in names:
+        model = create_model(name)
+        size = 32 if model.stem == "cifar" else 224
+        x = jax.ShapeDtypeStruct((1, size, size, model.in_channels), jnp.float32)
+        variables = jax.eval_shape(lambda x, model=model: model.init(jax.random.key(0), x, train=False), x)
+        flops = forward_flops(model, variables, x)
+        rows.append(
+            f"| `{name}` | {size}x{size}x{model.in_channels} | {count_params(variables):,} "
+            f"| {flops / 1e9:.2f} | {flops / 2e9:.2f} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnet_jax.summary", description=__doc__.split("\n")[0])
     parser.add_argument("name", help="a registered model name; see --list")
@@ -80,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:]
     if argv == ["--list"]:
         print("\n".join(list_models()))
+        return 0
+    if argv and argv[0] == "--table":
+        unknown = [n for n in argv[1:] if n not in list_models()]
+        if unknown:
+            parser.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(list_models())}")
+        print(table(argv[1:] or list_models()))
         return 0
     args = parser.parse_args(argv)
     try:

@@ -54,3 +54,17 @@ def test_summary_cli_rejects_unknown_model(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown model 'resnet5O'" in err and "'resnet50'" in err
+
+
+def test_summary_table_has_exact_counts_and_flops(capsys):
+    assert main(["--table", "resnet20", "resnet18"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0].startswith("| model | input | params | GFLOPs")
+    assert rows[2].startswith("| `resnet20` | 32x32x3 | 269,722 | 0.0")
+    # torchvision lists ResNet-18 as 1.81 G multiply-adds at 224; XLA on CPU counts 1.69.
+    name, size, params, gflops, macs = (c.strip() for c in rows[3].strip("|").split("|"))
+    assert (name, size, params) == ("`resnet18`", "224x224x3", "11,689,512")
+    assert 1.6 < float(macs) < 1.9 and float(gflops) == pytest.approx(2 * float(macs), abs=0.02)
+    with pytest.raises(SystemExit):
+        main(["--table", "resnet5O"])
+    assert "unknown model(s) resnet5O" in capsys.readouterr().err
