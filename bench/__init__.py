@@ -1,0 +1,1 @@
+"""Benchmarks: training throughput against PyTorch, and the input pipeline's images/s."""

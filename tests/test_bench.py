@@ -1,0 +1,85 @@
+"""The benchmark commands: they run, print the figures BENCHMARKS.md quotes, and refuse bad input.
+
+Nothing here times anything against a threshold: speed is for the benchmarks to print.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_train_throughput_against_torch_ends_with_the_ratio():
+    pytest.importorskip("torch")
+    proc = _run(
+        "bench.train_throughput", "--model=resnet20", "--image-size=16", "--batch-size=8",
+        "--steps=2", "--windows=1", "--warmup=1", "--compare-torch", "--torch-compile=off",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    text = "\n".join(lines)
+    assert re.search(r"resnet_jax resnet20 16x16, batch 8, float32 on 1 x cpu", text)
+    assert re.search(r"compile: +\d+\.\d s", text) and re.search(r"images/s: +\d+\.\d", text)
+    assert re.search(r"XLA flops: [\d.]+ GFLOP per step per device; MFU n/a", text)
+    assert re.search(r"torch eager, channels_last, float32 on cpu .* \d+\.\d images/s", text)
+    assert re.fullmatch(r"ratio jax/torch = \d+\.\d\d", lines[-1])
+
+
+def test_train_throughput_refuses_bad_input(capsys):
+    from bench import train_throughput
+
+    for argv, message in [
+        (["--model=resnet5O"], "unknown --model 'resnet5O'; valid: "),
+        (["--model=resnet20", "--batch-size=0"], "--batch-size=0 must be >= 1"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            train_throughput.parse_args(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    pytest.importorskip("torch")
+    with pytest.raises(SystemExit):
+        train_throughput.parse_args(["--model=resnetv2_50", "--compare-torch"])
+    err = capsys.readouterr().err
+    assert "'resnetv2_50' has no PyTorch counterpart; valid:" in err and "resnext50_32x4d" in err
+
+
+@pytest.mark.parametrize("depth, params", [(20, 269_722), (56, 853_018)])
+def test_the_torch_cifar_resnets_are_the_same_architecture(depth, params):
+    torch = pytest.importorskip("torch")
+    from bench import torch_models
+
+    model = torch_models.cifar_resnet(depth)
+    assert sum(p.numel() for p in model.parameters()) == params  # resnet_jax's exact count
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_input_pipeline_bench_on_generated_imagenet_jpegs():
+    proc = _run(
+        "bench.input_pipeline", "--which=imagenet", "--imagenet-images=150", "--batches=1", "--warmup=0"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "generated 150 ImageNet-sized JPEGs" in proc.stdout
+    assert re.search(
+        r"imagenet \(JPEG decode, inception crop, flip, 224, batch 128\): \d+ images/s on \d+ core\(s\) = "
+        r"\d+ images/s per core \(128 images",
+        proc.stdout,
+    ), proc.stdout
+
+
+def test_input_pipeline_bench_refuses_an_unknown_pipeline(capsys):
+    from bench import input_pipeline
+
+    with pytest.raises(SystemExit) as exit_info:
+        input_pipeline.main(["--which=cifar,mnist"])
+    assert exit_info.value.code == 2
+    assert "unknown ['mnist']; valid: cifar, imagenet" in capsys.readouterr().err
