@@ -17,6 +17,7 @@ the faster of the two.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -123,6 +124,48 @@ def time_jax(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def breakdown(args: argparse.Namespace) -> dict[str, float]:
+    """Milliseconds per call of the train step's parts, one device: where the time goes."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import resnet_jax
+
+    model = resnet_jax.create_model(args.model, dtype=jnp.dtype(args.dtype))
+    data = np.random.default_rng(0)
+    x = jnp.asarray(data.normal(size=(args.batch_size, args.image_size, args.image_size, model.in_channels)))
+    x = x.astype(jnp.float32)
+    y = jnp.asarray(data.integers(0, model.num_classes, args.batch_size), jnp.int32)
+    variables = jax.jit(model.init)(jax.random.key(0), x[:1])
+
+    def loss(params, stats, x, y):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    # Arrays go in as arguments: closed over, XLA could fold them as constants.
+    parts = {
+        "eval forward": lambda p, s, x, y: model.apply({"params": p, "batch_stats": s}, x),
+        "train forward": lambda p, s, x, y: model.apply(
+            {"params": p, "batch_stats": s}, x, train=True, mutable=["batch_stats"]
+        )[0],
+        "forward + input gradients": jax.grad(loss, argnums=2),
+        "forward + all gradients": jax.grad(loss, argnums=(0, 2)),
+    }
+    out = {}
+    for name, fn in parts.items():
+        fn = jax.jit(fn)
+        call = functools.partial(fn, variables["params"], variables["batch_stats"], x, y)
+        jax.block_until_ready(call())
+        out[name] = 1e3 * statistics.median(
+            time_windows(call, jax.block_until_ready, args.steps, args.windows)
+        )
+    return out
+
+
 def time_torch(args: argparse.Namespace, compile_model: bool) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
@@ -225,6 +268,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU")
     parser.add_argument("--compare-torch", action="store_true", help="also time PyTorch")
+    parser.add_argument("--breakdown", action="store_true", help="also time the step's parts")
     parser.add_argument(
         "--torch-compile", default="on", choices=("on", "off"), help="also time torch.compile (default on)"
     )
@@ -265,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         else "n/a (peak unknown: --peak-tflops)"
     )
     print(f"  XLA flops: {jx['flops_per_step'] / 1e9:.1f} GFLOP per step per device; MFU {mfu}")
+    if args.breakdown:
+        for name, ms in breakdown(args).items():
+            print(f"  {name + ':':28s}{ms:8.1f} ms")
     if not args.compare_torch:
         return 0
     results = {}

@@ -97,6 +97,23 @@ def test_decode_converts_grayscale_rgba_and_cmyk_to_rgb():
         assert np.abs(out - reference).mean() < 8.0, mode
 
 
+def test_decode_and_inception_crop_equals_decode_then_crop():
+    # JPEGs are decoded inside the crop window only: the pixels must be the same as a full
+    # decode followed by the crop, for every mode; other formats take the full decode.
+    rng = np.random.default_rng(1)
+    smooth = np.kron(rng.integers(0, 256, (12, 16, 3)), np.ones((16, 16, 1))).astype(np.uint8)  # 192x256
+    for mode, fmt in (("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG")):
+        buf = io.BytesIO()
+        Image.fromarray(smooth).convert(mode).save(buf, fmt, quality=90)
+        data = tf.constant(buf.getvalue())
+        for seed in ([3, 4], [5, 6], [7, 8]):
+            seed = tf.constant(seed, tf.int64)
+            fused = ip.decode_and_inception_crop(data, 3, 64, seed).numpy()
+            reference = ip.inception_crop(ip.decode_image(data, 3), 64, seed).numpy()
+            assert fused.shape == (64, 64, 3) and fused.dtype == np.uint8
+            np.testing.assert_array_equal(fused, reference, err_msg=f"{mode} {fmt}")
+
+
 def _config(**overrides):
     config = default.get_config()
     config.update(overrides)
