@@ -265,8 +265,8 @@ def to_torchvision(variables: Variables) -> dict[str, np.ndarray]:
     For the models in torchvision's layout (``resnet18``..``resnet152``, ResNeXt, Wide
     ResNet): ``torchvision.models.resnet50().load_state_dict({k: torch.from_numpy(v) ...})``
     takes the result (add ``strict=False`` or ``num_batches_tracked`` zeros: torchvision's
-    BatchNorm counters have no counterpart here). Also writes ``.safetensors`` files in the
-    layout the converters read.
+    BatchNorm counters have no counterpart here). ``safetensors.numpy.save_file`` writes
+    it as a file that ``python -m resnet_jax.convert`` reads back.
     """
     out: dict[str, np.ndarray] = {}
     for collection in ("params", "batch_stats"):
