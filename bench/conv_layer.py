@@ -11,24 +11,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import numpy as np
+
+from bench.train_throughput import time_windows
 
 SHAPES = ((32, 16), (16, 32), (8, 64))  # (spatial size, channels) of resnet20's stages
 
 
 def _time(fn, sync, n: int = 10, windows: int = 3) -> float:
+    """Median seconds per call over ``windows`` windows of ``n`` calls, after one warm-up call."""
     fn()
     sync()
-    out = []
-    for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        sync()
-        out.append((time.perf_counter() - start) / n)
-    return statistics.median(out)
+    return statistics.median(time_windows(lambda: fn(), lambda _: sync(), n, windows))
 
 
 def jax_times(batch: int, size: int, channels: int) -> tuple[float, float]:
