@@ -1,11 +1,14 @@
 r"""python -m bench.train_throughput --model=NAME --image-size=N --batch-size=B \
-    [--dtype=bfloat16] [--compare-torch]
+    [--dtype=bfloat16] [--compare-torch] [--ynnpack=on|off] [--cpu-devices=N]
 
 Times resnet_jax's real train step: ``train_lib.make_steps``, the function ``train.main``
 runs (SGD with momentum, weight decay, BatchNorm updates, metrics), on one synthetic batch
 that stays on the devices, so the input pipeline is out of the picture (see
 ``bench/input_pipeline.py`` for it). Compilation is timed apart. Steps are timed in
 windows of ``--steps``, each ended by ``block_until_ready``; the median window counts.
+
+On a CPU the step is compiled with ``resnet_jax.xla.compiler_options()`` (XLA's YNNPACK
+kernels), as the trainer compiles it; ``--ynnpack=off`` gives XLA's own kernels.
 
 ``--compare-torch`` times the same architecture from torchvision (the CIFAR ResNets from
 ``bench/torch_models.py``) in the same run, with PyTorch's best settings: channels_last,
@@ -73,6 +76,8 @@ def time_jax(args: argparse.Namespace) -> dict[str, Any]:
     from train.configs import default
 
     config = default.get_config()  # the trainer's optimizer: SGD, momentum 0.9, weight decay
+    if args.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     mesh = train_lib.create_mesh()
     train_lib.check_batch_size(args.batch_size, mesh)
     overrides = {"num_classes": args.num_classes} if args.num_classes else {}
@@ -90,7 +95,7 @@ def time_jax(args: argparse.Namespace) -> dict[str, Any]:
         },
         mesh,
     )
-    p_train, _ = train_lib.make_steps(mesh)
+    p_train, _ = train_lib.make_steps(mesh, ynnpack=args.ynnpack == "on")
     start = time.perf_counter()
     compiled = p_train.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - start
@@ -121,6 +126,7 @@ def time_jax(args: argparse.Namespace) -> dict[str, Any]:
         "devices": mesh.devices.size,
         "device_kind": device.device_kind,
         "platform": device.platform,
+        "xla_options": resnet_jax.xla.compiler_options(device.platform, args.ynnpack == "on"),
     }
 
 
@@ -156,8 +162,9 @@ def breakdown(args: argparse.Namespace) -> dict[str, float]:
         "forward + all gradients": jax.grad(loss, argnums=(0, 2)),
     }
     out = {}
+    options = resnet_jax.xla.compiler_options(ynnpack=args.ynnpack == "on")
     for name, fn in parts.items():
-        fn = jax.jit(fn)
+        fn = jax.jit(fn, compiler_options=options)
         call = functools.partial(fn, variables["params"], variables["batch_stats"], x, y)
         jax.block_until_ready(call())
         out[name] = 1e3 * statistics.median(
@@ -270,6 +277,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--compare-torch", action="store_true", help="also time PyTorch")
     parser.add_argument("--breakdown", action="store_true", help="also time the step's parts")
     parser.add_argument(
+        "--ynnpack",
+        default="on",
+        choices=("on", "off"),
+        help="CPU: compile with resnet_jax.xla.compiler_options() as the trainer does (default on)",
+    )
+    parser.add_argument(
+        "--cpu-devices", type=int, default=0, help="CPU: split it into N JAX devices (default: JAX's, 1)"
+    )
+    parser.add_argument(
         "--torch-compile", default="on", choices=("on", "off"), help="also time torch.compile (default on)"
     )
     args = parser.parse_args(argv)
@@ -277,6 +293,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
     if args.model not in resnet_jax.list_models():
         parser.error(f"unknown --model {args.model!r}; valid: {', '.join(resnet_jax.list_models())}")
+    if args.cpu_devices < 0:
+        parser.error(f"--cpu-devices={args.cpu_devices} must be >= 0")
     for name in ("batch_size", "steps", "windows"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
@@ -297,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{versions(args.compare_torch)}; {os.cpu_count()} CPU core(s) ({cpu_name()})")
     jx = time_jax(args)
     print(f"resnet_jax {what} on {jx['devices']} x {jx['device_kind']} ({jx['platform']})")
+    print(f"  XLA compiler options: {jx['xla_options'] or 'none'}")
     print(f"  compile:   {jx['compile_s']:.1f} s")
     print(
         f"  step:      {jx['step_s'] * 1e3:.1f} ms (median of {args.windows} windows of {args.steps}; "

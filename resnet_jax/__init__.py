@@ -7,7 +7,7 @@
 (2, 10)
 """
 
-from resnet_jax import convert
+from resnet_jax import convert, xla
 from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from resnet_jax.registry import create_model, list_models
 from resnet_jax.resnet import BatchNorm, FrozenBatchNorm, ResNet
@@ -25,4 +25,5 @@ __all__ = [
     "convert",
     "create_model",
     "list_models",
+    "xla",
 ]

@@ -37,6 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
     # so the order depends on the process count. Worth it for TFDS data on many hosts.
     config.per_process_split = False
     config.prefetch = 2  # batches placed on the devices ahead of the step that uses them
+    # CPU only: compile the steps with XLA's YNNPACK kernels (resnet_jax.xla); False = XLA's own.
+    config.cpu_ynnpack = True
 
     # Optimisation.
     config.batch_size = 64  # global, over all devices and processes

@@ -1,0 +1,110 @@
+"""resnet_jax.xla: the CPU compiler options, and that they change speed, not results."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import resnet_jax
+from train import train_lib
+
+
+def test_options_only_on_cpu_and_only_when_asked():
+    on = resnet_jax.xla.compiler_options("cpu")
+    assert set(on) == {resnet_jax.xla.YNNPACK_OPTION}
+    assert on[resnet_jax.xla.YNNPACK_OPTION].split(",") == list(resnet_jax.xla.YNNPACK_FUSIONS)
+    assert resnet_jax.xla.compiler_options("cpu", ynnpack=False) == {}
+    assert resnet_jax.xla.compiler_options("gpu") == {}
+    assert resnet_jax.xla.compiler_options("tpu") == {}
+
+
+def test_an_option_this_jaxlib_lacks_is_left_out_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert not resnet_jax.xla._compiles_with((("xla_cpu_no_such_option", "1"),))
+    assert "xla_cpu_no_such_option" in caplog.text
+    assert resnet_jax.xla._compiles_with(((resnet_jax.xla.YNNPACK_OPTION, "LIBRARY_FUSION_TYPE_DOT"),))
+
+
+MODELS = [
+    ("resnet20", {}),  # basic blocks, CIFAR stem
+    ("resnet50d", {"stage_sizes": (1, 1)}),  # bottlenecks, deep stem, avg-pool shortcut
+    ("resnext50_32x4d", {"stage_sizes": (1,)}),  # grouped convolutions
+    ("resnetv2_18", {"stage_sizes": (1, 1)}),  # pre-activation
+]
+
+
+def _gradients(model, params, stats, x, y, options):
+    def loss(params):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return jax.jit(jax.grad(loss), compiler_options=options)(params)
+
+
+def _worst_relative_error(grads, reference):
+    return max(
+        float(np.max(np.abs(g - r)) / np.max(np.abs(r)))
+        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(reference))
+    )
+
+
+@pytest.mark.parametrize("name, overrides", MODELS)
+def test_ynnpack_gradients_are_as_accurate_as_xlas_own(name, overrides):
+    # Against a float64 model, the float32 gradients with YNNPACK kernels are as close
+    # as those from XLA's own kernels: the speed-up costs no accuracy.
+    model = resnet_jax.create_model(name, num_classes=5, **overrides)
+    model64 = resnet_jax.create_model(name, num_classes=5, dtype=jnp.float64, **overrides)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 32, 32, 3))
+    y = jnp.asarray(rng.integers(0, 5, 16), jnp.int32)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    params, stats = variables["params"], variables["batch_stats"]
+    x32 = jnp.asarray(x, jnp.float32)
+    on = _gradients(model, params, stats, x32, y, resnet_jax.xla.compiler_options("cpu"))
+    off = _gradients(model, params, stats, x32, y, {})
+    with jax.enable_x64():
+        to64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)  # noqa: E731
+        reference = jax.device_get(_gradients(model64, to64(params), to64(stats), jnp.asarray(x), y, {}))
+    err_on, err_off = _worst_relative_error(on, reference), _worst_relative_error(off, reference)
+    print(f"{name}: worst relative gradient error vs float64: YNNPACK {err_on:.1e}, XLA {err_off:.1e}")
+    assert err_on <= max(4 * err_off, 1e-5)
+
+
+def _run(model, ynnpack, steps=3):
+    mesh = train_lib.create_mesh(jax.devices()[:1])
+    state = train_lib.create_train_state(model, optax.sgd(0.1, momentum=0.9), (32, 32, 3), jax.random.key(0))
+    state = train_lib.replicate(state, mesh)
+    p_train, p_eval = train_lib.make_steps(mesh, ynnpack=ynnpack)
+    rng = np.random.default_rng(0)
+    batch = train_lib.shard_batch(
+        {
+            "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+            "label": rng.integers(0, model.num_classes, 8).astype(np.int32),
+        },
+        mesh,
+    )
+    key = train_lib.replicate(jax.random.key(1), mesh)
+    hlo = p_train.lower(state, batch, key).compile().as_text()
+    losses = []
+    for _ in range(steps):
+        state, metrics = p_train(state, batch, key)
+        losses.append(float(metrics["loss"]) / float(metrics["count"]))
+    ev = p_eval(state, {**batch, "mask": train_lib.shard_batch({"m": np.ones(8, np.float32)}, mesh)["m"]})
+    return hlo, losses, float(ev["loss"])
+
+
+def test_the_trainers_steps_use_ynnpack_and_train_the_same():
+    model = resnet_jax.create_model("resnet20", num_classes=5)
+    hlo_on, losses_on, eval_on = _run(model, ynnpack=True)
+    hlo_off, losses_off, eval_off = _run(model, ynnpack=False)
+    # The option reached XLA: more of the program runs in YNNPACK fusions.
+    assert hlo_on.count("__ynn_fusion") > hlo_off.count("__ynn_fusion")
+    print("losses with YNNPACK", losses_on, "without", losses_off)
+    assert losses_on[-1] < losses_on[0]  # it trains
+    np.testing.assert_allclose(losses_on, losses_off, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(eval_on, eval_off, rtol=1e-4, atol=1e-5)
