@@ -1,4 +1,5 @@
-r"""python -m bench.input_pipeline [--which=cifar,imagenet] [--batches=N] [--cifar-archive=PATH]
+r"""python -m bench.input_pipeline [--which=cifar,imagenet] [--batches=N] [--cifar-archive=PATH] \
+    [--train-antialias=on|off]
 
 Images/s, and images/s per CPU core, of the trainer's own input pipeline: the train
 stream of ``train.input_pipeline.create_data``, exactly as ``train.main`` reads it (file
@@ -106,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
     parser.add_argument("--cifar-archive", default=DEFAULT_ARCHIVE)
     parser.add_argument("--imagenet-images", type=int, default=1024, help="JPEGs to generate")
+    parser.add_argument(
+        "--train-antialias",
+        default="on",
+        choices=("on", "off"),
+        help="imagenet: config.train_antialias, antialiased resize of the crop (default on)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     which = [w.strip() for w in args.which.split(",") if w.strip()]
     unknown = sorted(set(which) - {"cifar", "imagenet"})
@@ -139,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
                 dataset="image_folder", data_dir=root, manual_dir="", eval_split="", per_process_split=False
             )
             config.update(batch_size=128, lr_base_batch_size=0, shuffle_buffer=args.imagenet_images)
+            config.train_antialias = args.train_antialias == "on"
+            resize = "antialiased" if config.train_antialias else "bilinear"
             report(
-                "imagenet (JPEG decode, inception crop, flip, 224, batch 128)",
+                f"imagenet (JPEG decode, inception crop, flip, {resize} resize to 224, batch 128)",
                 measure(config, args.batches, args.warmup),
             )
     return 0

@@ -30,10 +30,21 @@ def test_train_throughput_against_torch_ends_with_the_ratio():
     lines = proc.stdout.strip().splitlines()
     text = "\n".join(lines)
     assert re.search(r"resnet_jax resnet20 16x16, batch 8, float32 on 1 x cpu", text)
+    assert "XLA compiler options: {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_" in text
     assert re.search(r"compile: +\d+\.\d s", text) and re.search(r"images/s: +\d+\.\d", text)
     assert re.search(r"XLA flops: [\d.]+ GFLOP per step per device; MFU n/a", text)
     assert re.search(r"torch eager, channels_last, float32 on cpu .* \d+\.\d images/s", text)
     assert re.fullmatch(r"ratio jax/torch = \d+\.\d\d", lines[-1])
+
+
+def test_train_throughput_levers_xla_kernels_and_cpu_devices():
+    proc = _run(
+        "bench.train_throughput", "--model=resnet20", "--image-size=16", "--batch-size=8",
+        "--steps=2", "--windows=1", "--warmup=1", "--ynnpack=off", "--cpu-devices=2",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resnet20 16x16, batch 8, float32 on 2 x cpu" in proc.stdout
+    assert "XLA compiler options: none" in proc.stdout
 
 
 def test_train_throughput_refuses_bad_input(capsys):
@@ -42,6 +53,8 @@ def test_train_throughput_refuses_bad_input(capsys):
     for argv, message in [
         (["--model=resnet5O"], "unknown --model 'resnet5O'; valid: "),
         (["--model=resnet20", "--batch-size=0"], "--batch-size=0 must be >= 1"),
+        (["--model=resnet20", "--cpu-devices=-1"], "--cpu-devices=-1 must be >= 0"),
+        (["--model=resnet20", "--ynnpack=maybe"], "invalid choice: 'maybe'"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             train_throughput.parse_args(argv)
@@ -65,12 +78,18 @@ def test_the_torch_cifar_resnets_are_the_same_architecture(depth, params):
 
 def test_input_pipeline_bench_on_generated_imagenet_jpegs():
     proc = _run(
-        "bench.input_pipeline", "--which=imagenet", "--imagenet-images=150", "--batches=1", "--warmup=0"
+        "bench.input_pipeline",
+        "--which=imagenet",
+        "--imagenet-images=150",
+        "--batches=1",
+        "--warmup=0",
+        "--train-antialias=off",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "generated 150 ImageNet-sized JPEGs" in proc.stdout
     assert re.search(
-        r"imagenet \(JPEG decode, inception crop, flip, 224, batch 128\): \d+ images/s on \d+ core\(s\) = "
+        r"imagenet \(JPEG decode, inception crop, flip, bilinear resize to 224, batch 128\): "
+        r"\d+ images/s on \d+ core\(s\) = "
         r"\d+ images/s per core \(128 images",
         proc.stdout,
     ), proc.stdout

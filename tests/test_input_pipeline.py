@@ -106,12 +106,32 @@ def test_decode_and_inception_crop_equals_decode_then_crop():
         buf = io.BytesIO()
         Image.fromarray(smooth).convert(mode).save(buf, fmt, quality=90)
         data = tf.constant(buf.getvalue())
-        for seed in ([3, 4], [5, 6], [7, 8]):
+        for seed, antialias in (([3, 4], True), ([5, 6], True), ([7, 8], False)):
             seed = tf.constant(seed, tf.int64)
-            fused = ip.decode_and_inception_crop(data, 3, 64, seed).numpy()
-            reference = ip.inception_crop(ip.decode_image(data, 3), 64, seed).numpy()
+            fused = ip.decode_and_inception_crop(data, 3, 64, seed, antialias).numpy()
+            reference = ip.inception_crop(ip.decode_image(data, 3), 64, seed, antialias=antialias).numpy()
             assert fused.shape == (64, 64, 3) and fused.dtype == np.uint8
-            np.testing.assert_array_equal(fused, reference, err_msg=f"{mode} {fmt}")
+            np.testing.assert_array_equal(fused, reference, err_msg=f"{mode} {fmt} {antialias}")
+
+
+def test_train_antialias_switches_the_filter_of_the_train_crop_only():
+    # Shrinking noise 8x: the antialiased filter averages ~64 pixels into each output, plain
+    # bilinear only ~4, so far more of the noise survives it.
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    image, seed = tf.constant(noise), tf.constant([1, 2], tf.int64)
+    smooth = ip.inception_crop(image, 32, seed, area_range=(1.0, 1.0), aspect_ratio_range=(1.0, 1.0))
+    sharp = ip.inception_crop(
+        image, 32, seed, area_range=(1.0, 1.0), aspect_ratio_range=(1.0, 1.0), antialias=False
+    )
+    print(smooth.numpy().std(), sharp.numpy().std())
+    assert smooth.numpy().std() < 15 and sharp.numpy().std() > 25
+    kwargs = dict(augment="imagenet", image_size=32, padding=0, mean=(0.5,), std=(0.5,), seed=seed)
+    for train_antialias in (True, False):
+        train = ip.preprocess(image, train=True, train_antialias=train_antialias, **kwargs)
+        assert (train.numpy().std() * 127.5 > 20) != train_antialias  # back on the 0..255 scale
+        # Evaluation keeps the antialiased resize either way.
+        evaluation = ip.preprocess(image, train=False, train_antialias=train_antialias, **kwargs)
+        assert evaluation.numpy().std() * 127.5 < 15
 
 
 def _config(**overrides):
