@@ -149,6 +149,36 @@ def test_metrics_count_only_real_examples():
     np.testing.assert_allclose(float(m["loss"]), float(full["loss"]), rtol=1e-6)
 
 
+def test_normalize_images_on_the_device():
+    images = jnp.asarray([[[[0, 255, 51]]]], jnp.uint8)
+    out = train_lib.normalize_images(images, mean=(0.0, 0.5, 0.2), std=(1.0, 0.5, 0.1))
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, [[[[0.0, 1.0, 0.0]]]], atol=1e-6)
+    floats = jnp.ones((1, 2, 2, 3), jnp.float32)  # already model inputs: left alone
+    assert train_lib.normalize_images(floats, (0.5,), (0.5,)) is floats
+
+
+def test_uint8_batches_train_as_their_normalised_floats():
+    # The pipeline hands the steps uint8 images; the steps normalise them on the device.
+    model = resnet_jax.create_model("resnet20", stage_sizes=(1,), num_classes=3)
+    mesh = train_lib.create_mesh(jax.devices()[:1])
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
+    labels = rng.integers(0, 3, 4).astype(np.int32)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    results = []
+    for image, steps in (
+        (pixels, train_lib.make_steps(mesh, mean=mean, std=std)),
+        (((pixels / 255.0 - mean) / std).astype(np.float32), train_lib.make_steps(mesh)),
+    ):
+        state = train_lib.create_train_state(model, optax.sgd(0.1), (8, 8, 3), jax.random.key(0))
+        batch = train_lib.shard_batch({"image": image, "label": labels}, mesh)
+        state, metrics = steps[0](state, batch, train_lib.replicate(jax.random.key(1), mesh))
+        evaluation = steps[1](state, {**batch, "mask": jnp.ones(4)})
+        results.append((float(metrics["loss"]), float(evaluation["loss"])))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
+
+
 def test_batch_size_must_divide_over_devices():
     mesh = SimpleNamespace(devices=np.empty(8))
     with pytest.raises(ValueError, match=r"batch_size=100 does not divide over 8 devices.*96 or 104"):

@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -190,10 +190,31 @@ def compute_metrics(
     }
 
 
+def normalize_images(
+    images: jax.Array, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)
+) -> jax.Array:
+    """uint8 images, as the input pipeline yields them -> float32 ``(x / 255 - mean) / std``
+    per channel. Images of any other dtype are taken to be model inputs already.
+    """
+    if images.dtype != jnp.uint8:
+        return images
+    x = images.astype(jnp.float32) / 255.0
+    per_channel = (1,) * (x.ndim - 1) + (-1,)  # broadcast explicitly: no rank promotion
+    mean = jnp.asarray(mean, jnp.float32).reshape(per_channel)
+    return (x - mean) / jnp.asarray(std, jnp.float32).reshape(per_channel)
+
+
 def train_step(
-    state: TrainState, batch: Batch, rng: jax.Array, label_smoothing: float = 0.0, ema_decay: float = 0.0
+    state: TrainState,
+    batch: Batch,
+    rng: jax.Array,
+    label_smoothing: float = 0.0,
+    ema_decay: float = 0.0,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on ``batch`` (``image`` (B, H, W, C), ``label`` (B,)).
+    """One optimizer step on ``batch`` (``image`` (B, H, W, C), ``label`` (B,)); uint8
+    images are normalised with ``mean`` and ``std`` first (``normalize_images``).
 
     With ``ema_decay`` > 0, ``ema_params`` moves towards the new params by ``1 - ema_decay``.
     Returns the new state and the batch's metric sums (see ``compute_metrics``).
@@ -203,7 +224,7 @@ def train_step(
     def loss_fn(params):
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
+            normalize_images(batch["image"], mean, std),
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": dropout_rng},
@@ -219,14 +240,17 @@ def train_step(
     return new_state, compute_metrics(logits, batch["label"])
 
 
-def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-    """Metric sums over a batch; ``batch['mask']`` (B,) marks padding with 0.
+def eval_step(
+    state: TrainState, batch: Batch, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)
+) -> dict[str, jax.Array]:
+    """Metric sums over a batch; ``batch['mask']`` (B,) marks padding with 0. uint8 images
+    are normalised as in ``train_step``.
 
     Evaluates the EMA weights when the state keeps them.
     """
     params = state.params if state.ema_params is None else state.ema_params
     variables = {"params": params, "batch_stats": state.batch_stats}
-    logits = state.apply_fn(variables, batch["image"], train=False)
+    logits = state.apply_fn(variables, normalize_images(batch["image"], mean, std), train=False)
     return compute_metrics(logits, batch["label"], batch.get("mask"))
 
 
@@ -253,9 +277,15 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
 
 
 def make_steps(
-    mesh: Mesh, label_smoothing: float = 0.0, ema_decay: float = 0.0, ynnpack: bool = True
+    mesh: Mesh,
+    label_smoothing: float = 0.0,
+    ema_decay: float = 0.0,
+    ynnpack: bool = True,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
 ) -> tuple[Callable[..., tuple[TrainState, dict[str, jax.Array]]], Callable[..., dict[str, jax.Array]]]:
-    """The jitted train and eval steps for ``mesh``: replicated, donated state; sharded data.
+    """The jitted train and eval steps for ``mesh``: replicated, donated state; sharded data;
+    uint8 images normalised on the devices with ``mean`` and ``std``.
 
     On CPUs they are compiled with ``resnet_jax.xla.compiler_options()`` (XLA's YNNPACK
     kernels) unless ``ynnpack`` is False.
@@ -264,14 +294,19 @@ def make_steps(
     data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     options = resnet_jax.xla.compiler_options(mesh.devices.flat[0].platform, ynnpack)
     p_train = jax.jit(
-        functools.partial(train_step, label_smoothing=label_smoothing, ema_decay=ema_decay),
+        functools.partial(
+            train_step, label_smoothing=label_smoothing, ema_decay=ema_decay, mean=tuple(mean), std=tuple(std)
+        ),
         in_shardings=(replicated, data, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),
         compiler_options=options,
     )
     p_eval = jax.jit(
-        eval_step, in_shardings=(replicated, data), out_shardings=replicated, compiler_options=options
+        functools.partial(eval_step, mean=tuple(mean), std=tuple(std)),
+        in_shardings=(replicated, data),
+        out_shardings=replicated,
+        compiler_options=options,
     )
     return p_train, p_eval
 
@@ -479,7 +514,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     if start_step and jax.process_index() == 0:
         print(f"resuming from the checkpoint at step {start_step} of {total} in {workdir}", flush=True)
     writer = MetricWriter(workdir, start_step)
-    p_train, p_eval = make_steps(mesh, config.label_smoothing, config.ema_decay, config.cpu_ynnpack)
+    p_train, p_eval = make_steps(
+        mesh, config.label_smoothing, config.ema_decay, config.cpu_ynnpack, config.mean, config.std
+    )
     eval_every = config.eval_every_steps or data.steps_per_epoch
     ckpt_every = config.checkpoint_every_steps or data.steps_per_epoch
 
