@@ -1,9 +1,10 @@
 r"""python -m bench.input_pipeline [--which=cifar,imagenet] [--batches=N] [--cifar-archive=PATH] \
-    [--train-antialias=on|off]
+    [--train-antialias=config|on|off]
 
 Images/s, and images/s per CPU core, of the trainer's own input pipeline: the train
 stream of ``train.input_pipeline.create_data``, exactly as ``train.main`` reads it (file
-listing, read, decode, augment, normalise, batch), on the host only.
+listing, read, decode, augment, batch; uint8 images, normalised later on the device), on
+the host only.
 
 - ``cifar``: the CIFAR-10 JPEG archive (``../shared/datasets/cifar10-jpeg.tar.gz``)
   extracted into a temporary image folder, with the ``cifar10`` config: 32x32 JPEG decode,
@@ -11,7 +12,8 @@ listing, read, decode, augment, normalise, batch), on the host only.
 - ``imagenet``: JPEGs generated at ImageNet's typical sizes (500x375 and 375x500, plus
   sizes drawn from 300..500 on each side; smooth random content, quality 90), with the
   ``imagenet_resnet50`` config's augmentation: decode, inception crop, flip, resize to
-  224, batch 128.
+  224 (plain bilinear, as that config; ``--train-antialias=on`` for an antialiased one),
+  batch 128.
 """
 
 from __future__ import annotations
@@ -109,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imagenet-images", type=int, default=1024, help="JPEGs to generate")
     parser.add_argument(
         "--train-antialias",
-        default="on",
-        choices=("on", "off"),
-        help="imagenet: config.train_antialias, antialiased resize of the crop (default on)",
+        default="config",
+        choices=("config", "on", "off"),
+        help="imagenet: config.train_antialias, antialiased resize of the crop (default: the config's, off)",
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     which = [w.strip() for w in args.which.split(",") if w.strip()]
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 dataset="image_folder", data_dir=root, manual_dir="", eval_split="", per_process_split=False
             )
             config.update(batch_size=128, lr_base_batch_size=0, shuffle_buffer=args.imagenet_images)
-            config.train_antialias = args.train_antialias == "on"
+            if args.train_antialias != "config":
+                config.train_antialias = args.train_antialias == "on"
             resize = "antialiased" if config.train_antialias else "bilinear"
             report(
                 f"imagenet (JPEG decode, inception crop, flip, {resize} resize to 224, batch 128)",
