@@ -102,3 +102,11 @@ def test_input_pipeline_bench_refuses_an_unknown_pipeline(capsys):
         input_pipeline.main(["--which=cifar,mnist"])
     assert exit_info.value.code == 2
     assert "unknown ['mnist']; valid: cifar, imagenet" in capsys.readouterr().err
+
+
+def test_conv_layer_bench_prints_one_row_per_stage():
+    proc = _run("bench.conv_layer", "--batch-size=2", "--ynnpack=off")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if re.match(r"2x\d+x\d+x\d+ \|", line)]
+    assert [row.split(" |")[0] for row in rows] == ["2x32x32x16", "2x16x16x32", "2x8x8x64"]
+    assert all(re.search(r"\d+\.\d ms \( *\d+\)", row) for row in rows)
