@@ -198,10 +198,12 @@ def normalize_images(
     """
     if images.dtype != jnp.uint8:
         return images
-    x = images.astype(jnp.float32) / 255.0
-    per_channel = (1,) * (x.ndim - 1) + (-1,)  # broadcast explicitly: no rank promotion
-    mean = jnp.asarray(mean, jnp.float32).reshape(per_channel)
-    return (x - mean) / jnp.asarray(std, jnp.float32).reshape(per_channel)
+    # One multiply and one add per pixel, with the constants computed once on the host.
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    per_channel = (1,) * (images.ndim - 1) + (-1,)  # broadcast explicitly: no rank promotion
+    scale = jnp.asarray((1.0 / (255.0 * std)).astype(np.float32).reshape(per_channel))
+    offset = jnp.asarray((-mean / std).astype(np.float32).reshape(per_channel))
+    return images.astype(jnp.float32) * scale + offset
 
 
 def train_step(
