@@ -2,7 +2,7 @@
 
 On CPUs, XLA can hand matrix products, reductions and elementwise ops to YNNPACK, its
 CPU kernel library, instead of emitting them itself. For these networks that is much
-faster (BENCHMARKS.md: ResNet-20's train step +65% on a 2-core Xeon), but XLA leaves it
+faster (BENCHMARKS.md: ResNet-20's train step +90% on a 2-core Xeon), but XLA leaves it
 off by default, behind an experimental flag. Pass the options to your own ``jax.jit``:
 
     step = jax.jit(train_step, compiler_options=resnet_jax.xla.compiler_options())
