@@ -6,8 +6,9 @@ and ``BestN``), and stores three items per step:
 
 - ``state``: params, batch_stats, optimizer state, EMA and step, as plain nested dicts;
 - ``config``: the run's config, so that a resume can refuse an incompatible one;
-- ``data``: the input position (epoch and batch within it, the seed), for the record.
-  The pipeline is a function of (seed, step), so the step alone restores it.
+- ``data``: the train iterator's grain state (the next batch; with worker processes,
+  each worker's position), one JSON file per process, written by grain's own Orbax
+  handler. Restoring it continues the input stream exactly where the saved step left it.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a
 killed run leaves the last complete step intact; the temporary ones are ignored.
@@ -19,6 +20,7 @@ import json
 import os
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from flax import serialization
@@ -66,9 +68,10 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(
-        self, step: int, state: Any, data_position: dict[str, int], metrics: dict[str, float] | None
+        self, step: int, state: Any, data_iterator: grain.DatasetIterator, metrics: dict[str, float] | None
     ) -> None:
-        """Starts an asynchronous save of ``state`` at ``step``; ``metrics`` from an eval at it."""
+        """Starts an asynchronous save of ``state`` at ``step``, with ``data_iterator``'s state
+        (taken now); ``metrics`` from an eval at it."""
         if step in self.manager.all_steps():
             return
         self.manager.save(
@@ -76,7 +79,7 @@ class Checkpointer:
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(serialization.to_state_dict(state)),
                 config=ocp.args.JsonSave(self.config),
-                data=ocp.args.JsonSave(data_position),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
             ),
             metrics=metrics,
         )
@@ -84,12 +87,16 @@ class Checkpointer:
     def saved_config(self, step: int) -> dict[str, Any]:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
-    def restore(self, state: Any, mesh: Mesh, step: int | None = None) -> tuple[Any, int]:
-        """``state`` with the values of ``step`` (default: the latest), replicated on ``mesh``.
+    def restore(
+        self, state: Any, mesh: Mesh, data_iterator: grain.DatasetIterator, step: int | None = None
+    ) -> tuple[Any, int]:
+        """``state`` with the values of ``step`` (default: the latest), replicated on ``mesh``,
+        and ``data_iterator`` moved (in place) to the input position saved with it.
 
         The target is ``state``'s structure with shardings for ``mesh``, so a checkpoint
-        written on N devices restores on any other count. Returns (state, step), or
-        (state, 0) untouched when there is no checkpoint.
+        written on N devices restores on any other count (the iterator's state is per
+        process: the process count must be the saved one). Returns (state, step), or
+        (state, 0) with both untouched when there is no checkpoint.
         """
         step = self.latest_step() if step is None else step
         if step is None:
@@ -100,10 +107,27 @@ class Checkpointer:
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
             serialization.to_state_dict(state),
         )
+        saved_processes = self._saved_process_count(step)
+        if saved_processes != jax.process_count():
+            raise ValueError(
+                f"the checkpoint at step {step} in {self.directory} was written by {saved_processes} "
+                f"process(es), this run has {jax.process_count()}; the input stream's position is saved "
+                "per process, so resume with the same number of processes (any device count works)."
+            )
         restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iterator)
+            ),
         )["state"]
         return serialization.from_state_dict(state, restored), step
+
+    def _saved_process_count(self, step: int) -> int | None:
+        """How many processes wrote the data iterator's state at ``step``."""
+        folder = os.path.join(self.directory, str(step), "data")
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        counts = {int(n.rsplit("-of-", 1)[1].split(".")[0]) for n in names if "-of-" in n}
+        return counts.pop() if len(counts) == 1 else None
 
     def _check_compatible(self, step: int) -> None:
         saved = self.saved_config(step)

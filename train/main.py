@@ -33,12 +33,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Imported here so that --help stays fast; the input pipeline hides GPUs from TF.
+    # Imported here so that --help stays fast.
     import jax
 
-    from train import input_pipeline, train_lib
+    from train import train_lib
 
-    input_pipeline.hide_gpus_from_tensorflow()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     if _COORDINATOR.value or _DISTRIBUTED.value:

@@ -1,15 +1,14 @@
-"""Train state, loss, optimizer, schedules and the sharded train/eval steps.
+"""Train state, loss, optimizer, schedules, the sharded train/eval steps, and the loop.
 
-Everything here is a small pure function of the config; the loop that calls them lives
-beside it. Data parallelism is ``jax.jit`` over a one-axis ``Mesh`` of every device:
-the batch is split on the ``'data'`` axis, the state is replicated and donated. Because
-the model sees the global batch as one array, BatchNorm statistics are computed over
-the global batch, so N devices reproduce one device's result.
+Everything but the loop is a small pure function of the config. Data parallelism is
+``jax.jit`` over a one-axis ``Mesh`` of every device (``train.mesh``): the batch is split
+on the ``'data'`` axis, the state is replicated and donated. Because the model sees the
+global batch as one array, BatchNorm statistics are computed over the global batch, so N
+devices reproduce one device's result.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import logging
@@ -17,7 +16,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -30,11 +29,20 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import resnet_jax
+from train.mesh import (  # noqa: F401  (re-exported: the trainer's public pieces)
+    DATA_AXIS,
+    DevicePrefetchIterator,
+    check_batch_size,
+    create_mesh,
+    prefetch_to_mesh,
+    replicate,
+    shard_batch,
+)
+from train.metric_writer import MetricWriter
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lars", "lamb")
 SCHEDULES = ("cosine", "piecewise", "constant")
 DTYPES = ("float32", "bfloat16")
-DATA_AXIS = "data"
 
 Batch = Mapping[str, jax.Array]
 
@@ -256,28 +264,6 @@ def eval_step(
     return compute_metrics(logits, batch["label"], batch.get("mask"))
 
 
-def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-    """A one-axis mesh over every device (of every process), named ``'data'``."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    """The global batch must split evenly over the devices."""
-    n = mesh.devices.size
-    if batch_size % n:
-        raise ValueError(
-            f"batch_size={batch_size} does not divide over {n} devices; "
-            f"use a multiple of {n}, e.g. {max(n, batch_size // n * n)} or {(batch_size // n + 1) * n}"
-        )
-
-
-def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Places this process's part of a global batch on the mesh, split on the batch axis."""
-    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-
-
 def make_steps(
     mesh: Mesh,
     label_smoothing: float = 0.0,
@@ -313,42 +299,8 @@ def make_steps(
     return p_train, p_eval
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a pytree of host-identical values on every device of ``mesh``.
-
-    Works with several processes too, where ``device_put`` cannot reach other hosts'
-    devices: each process fills its own devices from its own copy.
-    """
-    sharding = NamedSharding(mesh, PartitionSpec())
-
-    def put(x):
-        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
-            impl = jax.random.key_impl(x)
-            data = put(jax.random.key_data(x))
-            return jax.jit(functools.partial(jax.random.wrap_key_data, impl=impl), out_shardings=sharding)(
-                data
-            )
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-    return jax.tree.map(put, tree)
-
-
 # ---------------------------------------------------------------------------------------
 # The loop.
-
-
-def prefetch_to_mesh(batches: Iterator[Mapping[str, np.ndarray]], size: int, mesh: Mesh) -> Iterator[Batch]:
-    """Places up to ``size`` batches on the devices ahead of use; transfers are asynchronous,
-    so the next batches travel while the current step computes.
-    """
-    queue: collections.deque = collections.deque()
-    for batch in batches:
-        queue.append(shard_batch(batch, mesh))
-        if len(queue) > size:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
 
 
 def _check_workdir(workdir: str) -> str:
@@ -365,12 +317,12 @@ def _check_workdir(workdir: str) -> str:
 
 def _check_config(config: Any) -> None:
     """Cheap checks of names and values, before any data is read."""
-    from train import input_pipeline
+    from train.input_pipeline import augment
 
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("lr_schedule", config.lr_schedule, SCHEDULES)
     _choice("dtype", config.dtype, DTYPES)
-    _choice("augment", config.augment, input_pipeline.AUGMENTATIONS)
+    _choice("augment", config.augment, augment.AUGMENTATIONS)
     if config.model not in resnet_jax.list_models():
         resnet_jax.create_model(config.model)  # raises, with close-name suggestions
     for field in ("batch_size", "log_every_steps", "grad_accum_steps", "keep_checkpoints"):
@@ -378,66 +330,6 @@ def _check_config(config: Any) -> None:
             raise ValueError(f"config.{field}={config[field]} must be >= 1")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1)")
-
-
-class MetricWriter:
-    """TensorBoard events and ``metrics.jsonl`` in the workdir; process 0 writes."""
-
-    def __init__(self, workdir: str, resume_step: int):
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.active = jax.process_index() == 0
-        self.records: list[dict[str, Any]] = []
-        if not self.active:
-            return
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                records = [json.loads(line) for line in f if line.strip()]
-            # A killed run may have logged past its last checkpoint: that part is redone.
-            self.records = [r for r in records if r["step"] <= resume_step]
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.records)
-            os.replace(tmp, self.path)
-        import tensorflow as tf
-
-        self.tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-
-    def write(self, step: int, split: str, values: dict[str, float]) -> None:
-        if not self.active:
-            return
-        record = {"step": step, "split": split, **values}
-        self.records.append(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        import tensorflow as tf
-
-        with self.tb.as_default(step=step):
-            for k, v in values.items():
-                tf.summary.scalar(f"{split}/{k}", v)
-        self.tb.flush()
-
-    def plot(self, path: str) -> None:
-        """Train and eval loss and top-1 against step, as a PNG."""
-        if not self.active or not self.records:
-            return
-        # No pyplot: it would switch the backend of a notebook that called the trainer.
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(10, 4))
-        axes = fig.subplots(1, 2)
-        for split, style in (("train", "-"), ("eval", "o-")):
-            rs = [r for r in self.records if r["split"] == split]
-            steps = [r["step"] for r in rs]
-            axes[0].plot(steps, [r["loss"] for r in rs], style, label=split)
-            axes[1].plot(steps, [r["top1"] for r in rs], style, label=split)
-        axes[0].set_yscale("log")  # early eval losses can be 100x the final ones
-        for ax, name in zip(axes, ("loss", "top-1 accuracy")):
-            ax.set_xlabel("step")
-            ax.set_ylabel(name)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
 
 
 def _means(sums: Mapping[str, Any]) -> dict[str, float]:
@@ -511,7 +403,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         )
     state = replicate(state, mesh)
     step_rng = replicate(step_rng, mesh)
-    state, start_step = ckpt.restore(state, mesh)
+    batches = DevicePrefetchIterator(data.train_iterator(), mesh, config.prefetch)
+    state, start_step = ckpt.restore(state, mesh, batches)
     total = total_steps(config, data.steps_per_epoch)
     if start_step and jax.process_index() == 0:
         print(f"resuming from the checkpoint at step {start_step} of {total} in {workdir}", flush=True)
@@ -524,7 +417,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
     evals = [r for r in writer.records if r["split"] == "eval"]
     eval_metrics: dict[str, float] | None = None
-    batches = prefetch_to_mesh(data.train_batches(start_step), config.prefetch, mesh)
     bar = tqdm(
         total=total, initial=start_step, unit="step", dynamic_ncols=True, disable=jax.process_index() != 0
     )
@@ -576,9 +468,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             )
             log_time = time.time()
         if is_ckpt:
-            epoch, batch_in_epoch = divmod(step, data.steps_per_epoch)
-            position = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "seed": config.seed}
-            ckpt.save(step, state, position, eval_metrics if is_eval else None)
+            ckpt.save(step, state, batches, eval_metrics if is_eval else None)
             log_time = time.time()
     bar.close()
     if eval_metrics is None:  # resumed a finished run: evaluate what was restored
@@ -586,6 +476,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         evals.append({"step": start_step, **eval_metrics})
     ckpt.wait()
     ckpt.close()
+    writer.close()
     writer.plot(os.path.join(workdir, "curves.png"))
     # Ties go to the later step, as Orbax's BestN keeps it.
     best = max(reversed(evals), key=lambda r: r["top1"])

@@ -33,12 +33,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.train_antialias = True
     config.mean = (0.5,)  # per-channel normalisation, on the [0, 1] scale
     config.std = (0.5,)
-    config.shuffle_buffer = 50_000  # examples; at least the train split's size shuffles it fully
-    # False: one global example order, whatever the process count; each process reads the
-    # record stream and decodes only its share (folders: reads only its files).
-    # True: each process reads only its 1/P slice of the train split (TFDS: only its files),
-    # so the order depends on the process count. Worth it for TFDS data on many hosts.
-    config.per_process_split = False
+    # grain reads and augments the batches: input_threads threads in each of input_workers
+    # worker processes (0: threads in the training process only). On a GPU host, set the
+    # workers to about the host's cores; on a CPU the training step needs the cores itself.
+    config.input_workers = 0
+    config.input_threads = 2
     config.prefetch = 2  # batches placed on the devices ahead of the step that uses them
     # CPU only: compile the steps with XLA's YNNPACK kernels (resnet_jax.xla); False = XLA's own.
     config.cpu_ynnpack = True

@@ -16,8 +16,6 @@ def get_config():
     config = imagenet_resnet50.get_config()
     config.dataset = "tf_flowers"
     config.validation_examples = 670
-    config.per_process_split = False
-    config.shuffle_buffer = 4_000
     config.init_from = "torchvision_v1"  # a registered tag of config.model, or a directory
     config.freeze = ""  # '' fine-tunes everything; 'backbone' is a linear probe
     config.freeze_batch_stats = True  # all BatchNorms on running averages (with freeze: the frozen ones)

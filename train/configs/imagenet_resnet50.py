@@ -26,8 +26,7 @@ def get_config():
     config.train_antialias = False  # the host decodes and crops ~1.8x as many images/s
     config.mean = (0.485, 0.456, 0.406)
     config.std = (0.229, 0.224, 0.225)
-    config.shuffle_buffer = 16 * 1024
-    config.per_process_split = True  # on many hosts, each reads only its share of the files
+    config.input_workers = 8  # grain worker processes: decoding ImageNet JPEGs needs the host's cores
     config.batch_size = 1024
     config.optimizer = "sgd"
     config.learning_rate = 0.1

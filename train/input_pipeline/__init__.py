@@ -1,0 +1,14 @@
+"""The input pipeline, on grain: sources, augmentations, and the batched, sharded,
+checkpointable streams. No TensorFlow: images decode and augment in numpy (simplejpeg,
+PIL, OpenCV), and TFDS datasets are read from their ArrayRecord files.
+
+- ``sources``: digits, image folders and TFDS datasets as random-access sources;
+- ``augment``: decoding and the CIFAR and ImageNet augmentations of one image;
+- ``batching``: the train stream and eval batches (order, sharding, batching).
+"""
+
+from train.input_pipeline.augment import AUGMENTATIONS
+from train.input_pipeline.batching import Data, create_data
+from train.input_pipeline.sources import BUILTIN_DATASETS, Source, create_source
+
+__all__ = ["AUGMENTATIONS", "BUILTIN_DATASETS", "Data", "Source", "create_data", "create_source"]

@@ -1,0 +1,247 @@
+"""The train stream and the eval batches, as grain datasets: order, sharding, batching.
+
+The train stream is a ``grain.MapDataset`` of this process's local batches, a pure
+function of (seed, k) for global batch k:
+
+- epoch ``e`` is the split in the order of grain's index shuffle with seed ``seed + e``,
+  cut to whole global batches;
+- every example is augmented with grain's per-record generator, seeded by (seed, its
+  position in the global stream);
+- process ``p`` of ``P`` takes positions ``p, p + P, p + 2P, ...`` of that stream
+  (``ds[p::P]``) and batches them, so a global batch holds the same examples, augmented
+  the same way, on 1 or N processes, and each process reads and decodes only its share.
+
+Its iterator is a grain ``DatasetIterator`` whose state (the next batch) Orbax saves with
+the model (``train.checkpointing``), so a resumed run continues the stream exactly.
+Evaluation covers each split once: each process takes a contiguous slice of it, and the
+last partial batch is padded and masked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from absl import flags
+
+from train.input_pipeline import augment
+from train.input_pipeline.sources import Source, create_source
+
+
+def jax_process_count() -> int:
+    return jax.process_count()
+
+
+def jax_process_index() -> int:
+    return jax.process_index()
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """One record -> ``{'image': uint8 (H, W, C), 'label': int32}``: decode (encoded
+    sources), then ``augment.preprocess``. Called as ``(record, rng)`` by grain's
+    ``random_map`` for training and as ``(record)`` by ``map`` for evaluation."""
+
+    train: bool
+    decode: bool
+    image_shape: tuple[int, int, int]
+    augment: str
+    image_size: int
+    padding: int
+    train_antialias: bool
+
+    def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
+        image = record["image"]
+        if self.decode:
+            image = augment.decode_image(image, self.image_shape[-1])
+        image = augment.preprocess(
+            image,
+            train=self.train,
+            augment=self.augment,
+            image_size=self.image_size,
+            padding=self.padding,
+            rng=rng,
+            train_antialias=self.train_antialias,
+        )
+        if image.shape != self.image_shape:
+            raise ValueError(
+                f"an image preprocessed to {image.shape}, not {self.image_shape}; images of "
+                "varying sizes need --config.image_size"
+            )
+        return {"image": image, "label": np.int32(record["label"])}
+
+
+def _slice_spec(split: str) -> tuple[str, int, int | None]:
+    """'train[:45000]' -> ('train', 0, 45000); plain names take the whole split."""
+    if "[" not in split:
+        return split, 0, None
+    base, rest = split.split("[", 1)
+    lo, hi = rest.rstrip("]").split(":")
+    return base, int(lo or 0), int(hi) if hi else None
+
+
+def _split_size(source: Source, split: str) -> int:
+    base, lo, hi = _slice_spec(split)
+    if base not in source.splits:
+        raise ValueError(
+            f"dataset {source.name!r} has no split {base!r}; valid: {', '.join(source.split_sizes)}"
+        )
+    total = len(source.splits[base])
+    return min(total, hi if hi is not None else total) - lo
+
+
+def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    n = len(batch["label"])
+    out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+    out["mask"] = (np.arange(size) < n).astype(np.float32)
+    return out
+
+
+@dataclasses.dataclass
+class Data:
+    """The splits of one dataset, batched for this process.
+
+    ``train_iterator()`` yields this process's part of every global batch, forever, and
+    is checkpointable; ``eval_batches()`` covers the eval split exactly once, with the
+    last partial batch padded and marked by ``mask == 0``.
+    """
+
+    source: Source
+    config: Any
+    train_split: str
+    eval_split: str
+    num_train: int
+    num_eval: int
+    image_shape: tuple[int, int, int]  # the model input (H, W, C)
+    steps_per_epoch: int
+    eval_steps: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.config.eval_batch_size or self.config.batch_size
+
+    def _split(self, split: str) -> grain.MapDataset:
+        base, lo, hi = _slice_spec(split)
+        return grain.MapDataset.source(self.source.splits[base])[lo:hi]
+
+    def _transform(self, train: bool) -> Transform:
+        c = self.config
+        return Transform(
+            train=train,
+            decode=self.source.kind == "bytes",
+            image_shape=self.image_shape,
+            augment=c.augment,
+            image_size=c.image_size,
+            padding=c.crop_padding,
+            train_antialias=c.train_antialias,
+        )
+
+    def _read_options(self) -> grain.ReadOptions:
+        # Each element is a whole batch: a few in flight per thread are plenty.
+        threads = self.config.input_threads
+        return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+
+    def train_dataset(self) -> grain.MapDataset:
+        """This process's local train batches, infinite: element k is its share of global
+        batch k."""
+        c = self.config
+        epoch = self.steps_per_epoch * c.batch_size  # whole global batches only
+        ds = self._split(self.train_split).shuffle(seed=c.seed)[:epoch].repeat()
+        ds = ds.random_map(self._transform(train=True), seed=c.seed)
+        count, index = jax_process_count(), jax_process_index()
+        return ds[index::count].batch(c.batch_size // count, drop_remainder=True)
+
+    def train_iterator(self) -> grain.DatasetIterator:
+        """An iterator over ``train_dataset()`` from batch 0, read by ``config.input_threads``
+        threads in each of ``config.input_workers`` worker processes (0: in this process).
+        Its ``get_state()`` / ``set_state()`` move it to any batch; Orbax saves that state."""
+        ds = self.train_dataset().to_iter_dataset(self._read_options())
+        if self.config.input_workers > 0:
+            # grain's workers read its absl flags; outside an absl app (tests, notebooks)
+            # nothing has parsed them, so take their defaults.
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()
+            options = grain.MultiprocessingOptions(
+                num_workers=self.config.input_workers, per_worker_buffer_size=2
+            )
+            ds = ds.mp_prefetch(options)
+        return iter(ds)
+
+    def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        local = self.eval_batch_size // jax_process_count()
+        # Each process evaluates a contiguous slice (<= ceil(N/P) examples), reading only it.
+        count, index = jax_process_count(), jax_process_index()
+        lo, hi = index * self.num_eval // count, (index + 1) * self.num_eval // count
+        ds = self._split(self.eval_split)[lo:hi].map(self._transform(train=False)).batch(local)
+        n = 0
+        for batch in ds.to_iter_dataset(self._read_options()):
+            yield _pad(batch, local)
+            n += 1
+        # Every process runs the same number of (collective) eval steps.
+        empty = {"image": np.zeros((0, *self.image_shape), np.uint8), "label": np.zeros(0, np.int32)}
+        for _ in range(n, self.eval_steps):
+            yield _pad(empty, local)
+
+
+def create_data(config: Any) -> Data:
+    """The train and eval splits named by ``config``, batched for this process."""
+    for field in ("input_threads", "batch_size"):
+        if config[field] < 1:
+            raise ValueError(f"config.{field}={config[field]} must be >= 1")
+    if config.input_workers < 0:
+        raise ValueError(f"config.input_workers={config.input_workers} must be >= 0 (0: no worker processes)")
+    if config.augment not in augment.AUGMENTATIONS:
+        raise ValueError(f"unknown augment {config.augment!r}; valid: {', '.join(augment.AUGMENTATIONS)}")
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"config.seed={config.seed} must be in [0, 2**32)")
+    source = create_source(config)
+    train_split, eval_split = config.train_split, config.eval_split
+    if not eval_split:
+        eval_split = "test" if "test" in source.splits else "validation"
+    if config.validation_examples > 0:
+        # Hold out the last N train examples (He et al.'s 45k/5k CIFAR split).
+        n = _split_size(source, train_split) - config.validation_examples
+        if n <= 0:
+            raise ValueError(f"validation_examples={config.validation_examples} leaves no train examples")
+        train_split, eval_split = f"{train_split}[:{n}]", f"{train_split}[{n}:]"
+    num_train, num_eval = _split_size(source, train_split), _split_size(source, eval_split)
+    h, w, channels = source.image_shape
+    size = config.image_size
+    if not size and (h is None or w is None):
+        raise ValueError(
+            f"dataset {source.name!r} has images of varying sizes; set --config.image_size (e.g. 224)"
+        )
+    if config.augment == "imagenet" and not size:
+        raise ValueError("augment='imagenet' needs --config.image_size (e.g. 224)")
+    image_shape = (size, size, channels) if size else (h, w, channels)
+    for field in ("mean", "std"):
+        if len(config[field]) not in (1, channels):
+            raise ValueError(
+                f"config.{field}={tuple(config[field])} has {len(config[field])} values; "
+                f"dataset {source.name!r} has {channels} channel(s)"
+            )
+    steps_per_epoch = num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={config.batch_size} exceeds the {num_train} train examples")
+    local_eval = (config.eval_batch_size or config.batch_size) // jax_process_count()
+    eval_steps = math.ceil(math.ceil(num_eval / jax_process_count()) / local_eval)
+    return Data(
+        source=source,
+        config=config,
+        train_split=train_split,
+        eval_split=eval_split,
+        num_train=num_train,
+        num_eval=num_eval,
+        image_shape=image_shape,
+        steps_per_epoch=steps_per_epoch,
+        eval_steps=eval_steps,
+    )
