@@ -1,29 +1,40 @@
-r"""python -m bench.input_pipeline [--which=cifar,imagenet] [--batches=N] [--cifar-archive=PATH] \
-    [--train-antialias=config|on|off]
+r"""python -m bench.input_pipeline [--which=cifar,imagenet] [--workers=0,1,2] [--threads=1] \
+    [--batches=N] [--cifar-archive=PATH] [--train-antialias=config|on|off] [--no-torch]
 
-Images/s, and images/s per CPU core, of the trainer's own input pipeline: the train
-stream of ``train.input_pipeline.create_data``, exactly as ``train.main`` reads it (file
-listing, read, decode, augment, batch; uint8 images, normalised later on the device), on
-the host only.
+Images/s, and images/s per CPU core, of the trainer's own input pipeline, beside the
+peer PyTorch users run, on the same images and the same cores, in one run.
 
+- resnet_jax: the train stream of ``train.input_pipeline.create_data``, exactly as
+  ``train.main`` reads it (grain: file read, decode, augment, batch; uint8 images,
+  normalised later on the device), with 0 (in this process only), 1, 2, ... grain worker
+  processes (``config.input_workers``), each reading with ``--threads`` threads
+  (``config.input_threads``; 1 by default, so that N workers use about N cores).
+- torchvision: PIL + ``torchvision.transforms`` through a ``torch.utils.data.DataLoader``
+  with the same number of workers: ``RandomResizedCrop(224)`` + ``RandomHorizontalFlip``
+  (the PyTorch ImageNet reference's train transform, uint8 out via ``PILToTensor``), and
+  for CIFAR ``RandomCrop(32, padding=4)`` + flip.
+
+The cases:
 - ``cifar``: the CIFAR-10 JPEG archive (``../shared/datasets/cifar10-jpeg.tar.gz``)
   extracted into a temporary image folder, with the ``cifar10`` config: 32x32 JPEG decode,
   4-pixel pad and random crop, flip, batch 128.
-- ``imagenet``: JPEGs generated at ImageNet's typical sizes (500x375 and 375x500, plus
-  sizes drawn from 300..500 on each side; smooth random content, quality 90), with the
-  ``imagenet_resnet50`` config's augmentation: decode, inception crop, flip, resize to
-  224 (plain bilinear, as that config; ``--train-antialias=on`` for an antialiased one),
-  batch 128.
+- ``imagenet``: JPEGs generated at ImageNet's typical sizes (60% 500x375, 20% 375x500, 20%
+  random in 300..500 on each side; textured content at quality 90, ~110 KB on average, as
+  ImageNet's), with the ``imagenet_resnet50`` config's augmentation: decode, inception
+  crop, flip, resize to 224 (plain bilinear, as that config; ``--train-antialias=on`` for
+  torchvision's antialiased one), batch 128.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import tarfile
 import tempfile
 import time
+import types
 
 import numpy as np
 
@@ -33,6 +44,7 @@ DEFAULT_ARCHIVE = os.path.join(
     "datasets",
     "cifar10-jpeg.tar.gz",
 )
+BATCH = 128
 
 
 def cores() -> int:
@@ -51,11 +63,22 @@ def extract(archive: str, root: str) -> str:
     raise SystemExit(f"{archive} holds no train/ folder")
 
 
-def imagenet_like_jpegs(root: str, count: int, classes: int = 10, seed: int = 0) -> str:
-    """``count`` JPEGs at ImageNet-like sizes in ROOT/{train,test}/CLASS/, smooth random content."""
-    import tensorflow as tf
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Smooth shapes plus fine texture: JPEGs of about ImageNet's size per pixel."""
+    from PIL import Image
+
+    coarse = (rng.random((h // 16 + 2, w // 16 + 2, 3)) * 255).astype(np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((w + 32, h + 32), Image.BICUBIC))[:h, :w]
+    return np.clip(smooth + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def imagenet_like_jpegs(root: str, count: int, classes: int = 10, seed: int = 0) -> tuple[str, float]:
+    """``count`` JPEGs at ImageNet-like sizes in ROOT/{train,test}/CLASS/; returns (root,
+    mean file size in KB)."""
+    from PIL import Image
 
     rng = np.random.default_rng(seed)
+    sizes = []
     for i in range(count):
         r = rng.random()
         if r < 0.6:
@@ -64,40 +87,96 @@ def imagenet_like_jpegs(root: str, count: int, classes: int = 10, seed: int = 0)
             h, w = 500, 375
         else:
             h, w = (int(v) for v in rng.integers(300, 501, 2))
-        coarse = rng.random((h // 16 + 2, w // 16 + 2, 3)).astype(np.float32)
-        image = tf.image.resize(coarse[None], (h, w), method="bicubic")[0].numpy()
-        image = np.clip(image * 255 + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(_texture(rng, h, w)).save(buf, "JPEG", quality=90)
         split = "train" if i % 8 else "test"
         folder = os.path.join(root, split, f"class{i % classes:02d}")
         os.makedirs(folder, exist_ok=True)
-        tf.io.write_file(os.path.join(folder, f"{i:05d}.jpg"), tf.io.encode_jpeg(image, quality=90))
-    return root
+        with open(os.path.join(folder, f"{i:05d}.jpg"), "wb") as f:
+            f.write(buf.getvalue())
+        sizes.append(len(buf.getvalue()))
+    return root, float(np.mean(sizes)) / 1000
 
 
-def measure(config, batches: int, warmup: int) -> dict[str, float]:
-    from train import input_pipeline
-
-    start = time.perf_counter()
-    data = input_pipeline.create_data(config)
-    setup_s = time.perf_counter() - start
-    stream = data.train_batches()
+def _time(stream, batches: int, warmup: int) -> dict[str, float]:
     for _ in range(warmup):
         next(stream)
     start = time.perf_counter()
     n = 0
     for _ in range(batches):
-        n += len(next(stream)["label"])
+        batch = next(stream)
+        n += len(batch["label"] if isinstance(batch, dict) else batch[1])
     seconds = time.perf_counter() - start
-    return {"setup_s": setup_s, "images": n, "seconds": seconds, "images_per_s": n / seconds}
+    return {"images": n, "seconds": seconds, "images_per_s": n / seconds}
 
 
-def report(name: str, r: dict[str, float]) -> None:
-    print(
-        f"{name}: {r['images_per_s']:.0f} images/s on {cores()} core(s) = "
-        f"{r['images_per_s'] / cores():.0f} images/s per core "
-        f"({r['images']} images in {r['seconds']:.1f}s after warmup; setup {r['setup_s']:.1f}s)",
-        flush=True,
+def measure_grain(config, workers: int, batches: int, warmup: int) -> dict[str, float]:
+    from train import input_pipeline
+
+    config.input_workers = workers
+    start = time.perf_counter()
+    data = input_pipeline.create_data(config)
+    setup_s = time.perf_counter() - start
+    return {**_time(data.train_iterator(), batches, warmup), "setup_s": setup_s}
+
+
+def _torchvision():
+    # torchvision's compiled ops need a matching CUDA/CPU build; its transforms do not.
+    stub = "torchvision._meta_registrations"
+    sys.modules.setdefault(stub, types.ModuleType(stub))
+    import torch
+    import torchvision.transforms as transforms
+
+    return torch, transforms
+
+
+class _Folder:
+    """ROOT/train/CLASS/*: PIL images through ``transform``, as torchvision's ImageFolder."""
+
+    def __init__(self, root: str, transform):
+        train = os.path.join(root, "train")
+        self.samples = [
+            (os.path.join(train, c, f), i)
+            for i, c in enumerate(sorted(os.listdir(train)))
+            for f in sorted(os.listdir(os.path.join(train, c)))
+        ]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        path, label = self.samples[index]
+        with open(path, "rb") as f:
+            image = Image.open(f).convert("RGB")
+        return self.transform(image), label
+
+
+def measure_torchvision(root: str, case: str, workers: int, batches: int, warmup: int) -> dict[str, float]:
+    torch, transforms = _torchvision()
+    torch.set_num_threads(1)
+    if case == "imagenet":
+        crop = transforms.RandomResizedCrop(224)
+    else:
+        crop = transforms.RandomCrop(32, padding=4)
+    transform = transforms.Compose([crop, transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+    loader = torch.utils.data.DataLoader(
+        _Folder(root, transform),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers else None,
     )
+
+    def forever():
+        while True:
+            yield from loader
+
+    return {**_time(forever(), batches, warmup), "setup_s": 0.0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.input_pipeline", description=__doc__.split("\n\n")[1]
     )
     parser.add_argument("--which", default="cifar,imagenet", help="comma-separated: cifar, imagenet")
-    parser.add_argument("--batches", type=int, default=40, help="timed batches of 128")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    parser.add_argument("--workers", default="0,1,2", help="comma-separated worker-process counts")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="grain threads per process (config.input_threads)"
+    )
+    parser.add_argument("--batches", type=int, default=30, help="timed batches of 128")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed batches first")
     parser.add_argument("--cifar-archive", default=DEFAULT_ARCHIVE)
     parser.add_argument("--imagenet-images", type=int, default=1024, help="JPEGs to generate")
     parser.add_argument(
@@ -115,46 +198,71 @@ def main(argv: list[str] | None = None) -> int:
         choices=("config", "on", "off"),
         help="imagenet: config.train_antialias, antialiased resize of the crop (default: the config's, off)",
     )
+    parser.add_argument("--no-torch", action="store_true", help="skip the torchvision peer")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     which = [w.strip() for w in args.which.split(",") if w.strip()]
     unknown = sorted(set(which) - {"cifar", "imagenet"})
     if unknown or not which:
         parser.error(f"--which={args.which!r}: unknown {unknown}; valid: cifar, imagenet")
+    try:
+        workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        workers = [-1]
+    if min(workers) < 0:
+        parser.error(f"--workers={args.workers!r}: expected comma-separated counts >= 0, e.g. 0,1,2")
 
-    import tensorflow as tf
+    import grain
 
-    from train import input_pipeline  # noqa: F401  (hides the GPUs from TensorFlow first)
     from train.configs import cifar10, imagenet_resnet50
 
-    print(f"tensorflow {tf.__version__}; {cores()} CPU core(s) available", flush=True)
+    versions = f"grain {grain.__version__ if hasattr(grain, '__version__') else '?'}"
+    if not args.no_torch:
+        torch, _ = _torchvision()
+        import torchvision
+
+        versions += f", torch {torch.__version__}, torchvision {torchvision.__version__}"
+    print(f"{versions}; {cores()} CPU core(s) available", flush=True)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_input_") as tmp:
-        if "cifar" in which:
+        for case in which:
             start = time.perf_counter()
-            root = extract(args.cifar_archive, os.path.join(tmp, "cifar"))
-            print(f"extracted {args.cifar_archive} in {time.perf_counter() - start:.1f}s", flush=True)
-            config = cifar10.get_config()
-            config.update(dataset="image_folder", data_dir=root, num_train_steps=-1)
-            report(
-                "cifar (32x32 JPEG, pad-crop, flip, batch 128)", measure(config, args.batches, args.warmup)
-            )
-        if "imagenet" in which:
-            start = time.perf_counter()
-            root = imagenet_like_jpegs(os.path.join(tmp, "imagenet"), args.imagenet_images)
-            print(
-                f"generated {args.imagenet_images} ImageNet-sized JPEGs in {time.perf_counter() - start:.1f}s"
-            )
-            config = imagenet_resnet50.get_config()
-            config.update(
-                dataset="image_folder", data_dir=root, manual_dir="", eval_split="", per_process_split=False
-            )
-            config.update(batch_size=128, lr_base_batch_size=0, shuffle_buffer=args.imagenet_images)
-            if args.train_antialias != "config":
-                config.train_antialias = args.train_antialias == "on"
-            resize = "antialiased" if config.train_antialias else "bilinear"
-            report(
-                f"imagenet (JPEG decode, inception crop, flip, {resize} resize to 224, batch 128)",
-                measure(config, args.batches, args.warmup),
-            )
+            if case == "cifar":
+                root = extract(args.cifar_archive, os.path.join(tmp, "cifar"))
+                print(f"extracted {args.cifar_archive} in {time.perf_counter() - start:.1f}s", flush=True)
+                config = cifar10.get_config()
+                config.update(dataset="image_folder", data_dir=root, num_train_steps=-1)
+                what = "CIFAR-10 JPEGs: decode 32x32, pad-4 crop, flip"
+            else:
+                root, kb = imagenet_like_jpegs(os.path.join(tmp, "imagenet"), args.imagenet_images)
+                print(
+                    f"generated {args.imagenet_images} ImageNet-sized JPEGs ({kb:.0f} KB on average) "
+                    f"in {time.perf_counter() - start:.1f}s",
+                    flush=True,
+                )
+                config = imagenet_resnet50.get_config()
+                config.update(dataset="image_folder", data_dir=root, manual_dir="", eval_split="")
+                config.update(batch_size=BATCH, lr_base_batch_size=0)
+                if args.train_antialias != "config":
+                    config.train_antialias = args.train_antialias == "on"
+                resize = "antialiased" if config.train_antialias else "bilinear"
+                what = f"ImageNet-sized JPEGs: decode, inception crop, flip, {resize} resize to 224"
+            config.batch_size, config.input_threads = BATCH, args.threads
+            for n in workers:
+                r = measure_grain(config, n, args.batches, args.warmup)
+                rows.append((what, "resnet_jax (grain)", n, r))
+                print(f"  resnet_jax {case}, {n} worker(s): {r['images_per_s']:.0f} images/s", flush=True)
+                if not args.no_torch:
+                    r = measure_torchvision(root, case, n, args.batches, args.warmup)
+                    rows.append((what, "torchvision (PIL)", n, r))
+                    print(f"  torchvision {case}, {n} worker(s): {r['images_per_s']:.0f} images/s", flush=True)
+    # A loader with N worker processes keeps about N cores busy (1 with none): the figure
+    # per core divides by that, at most by the cores there are.
+    print(f"\n| pipeline | loader | workers | images/s | cores busy (of {cores()}) | per core |")
+    print("|---|---|---|---|---|---|")
+    for what, loader, n, r in rows:
+        busy = min(cores(), max(1, n))
+        per_core = r["images_per_s"] / busy
+        print(f"| {what} | {loader} | {n} | {r['images_per_s']:,.0f} | {busy} | {per_core:,.0f} |")
     return 0
 
 

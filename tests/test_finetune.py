@@ -153,11 +153,14 @@ def test_finetune_10_to_5_classes_with_a_frozen_backbone(tmp_path):
             np.testing.assert_array_equal(v, before[k], err_msg="/".join(k))
 
 
+@pytest.mark.prepare
 def test_finetune_imagenet_resnet50_config_end_to_end_on_mock_flowers(tmp_path, monkeypatch, capsys):
     # The flowers config as shipped (ResNet-50 at 224, init_from='torchvision_v1', inception
-    # crop, every BatchNorm frozen), for 2 steps on TFDS mock data. The tag resolves through
-    # the weights registry's cache, where a random stand-in for the converted file is put:
-    # nothing is downloaded, and torch is not needed.
+    # crop, every BatchNorm frozen), for 2 steps on TFDS mock data (which needs TensorFlow:
+    # the preparation extra). The tag resolves through the weights registry's cache, where
+    # a random stand-in for the converted file is put: nothing is downloaded, and torch is
+    # not needed.
+    pytest.importorskip("tensorflow", reason="TFDS mock data: the optional preparation extra, .[prepare]")
     import tensorflow_datasets as tfds
 
     from train.configs import finetune_imagenet_resnet50
@@ -174,7 +177,7 @@ def test_finetune_imagenet_resnet50_config_end_to_end_on_mock_flowers(tmp_path, 
         "resnet50", 224, "", True,
     )  # fmt: skip
     # TFDS mock data ignores split slices, so the held-out slice becomes mock 'test' data.
-    config.update(batch_size=4, num_train_steps=2, validation_examples=0, shuffle_buffer=16)
+    config.update(batch_size=4, num_train_steps=2, validation_examples=0, input_workers=0)
     config.update(checkpoint_every_steps=2, eval_every_steps=2, log_every_steps=1)
     with tfds.testing.mock_data(num_examples=24):
         summary = train_lib.train_and_evaluate(config, str(tmp_path / "run"))

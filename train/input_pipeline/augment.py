@@ -97,9 +97,15 @@ def pad_and_random_crop(image: np.ndarray, padding: int, rng: np.random.Generato
     """Zero-pads each side by ``padding`` and crops back to the original size at random:
     each of the (2 * padding + 1)^2 windows with equal probability."""
     h, w = image.shape[:2]
-    dy, dx = rng.integers(0, 2 * padding + 1, size=2)
-    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
-    return padded[dy : dy + h, dx : dx + w]
+    # The window at offset (dy, dx) of the padded image is the image shifted by
+    # (dy - padding, dx - padding), zeros where it moved out: built directly, which costs
+    # a fifth of padding first.
+    dy, dx = (int(v) - padding for v in rng.integers(0, 2 * padding + 1, size=2))
+    out = np.zeros_like(image)
+    top, bottom, left, right = max(0, -dy), min(h, h - dy), max(0, -dx), min(w, w - dx)
+    if top < bottom and left < right:
+        out[top:bottom, left:right] = image[top + dy : bottom + dy, left + dx : right + dx]
+    return out
 
 
 def inception_crop_window(
