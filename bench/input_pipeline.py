@@ -157,10 +157,7 @@ class _Folder:
 def measure_torchvision(root: str, case: str, workers: int, batches: int, warmup: int) -> dict[str, float]:
     torch, transforms = _torchvision()
     torch.set_num_threads(1)
-    if case == "imagenet":
-        crop = transforms.RandomResizedCrop(224)
-    else:
-        crop = transforms.RandomCrop(32, padding=4)
+    crop = transforms.RandomResizedCrop(224) if case == "imagenet" else transforms.RandomCrop(32, padding=4)
     transform = transforms.Compose([crop, transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
     loader = torch.utils.data.DataLoader(
         _Folder(root, transform),
@@ -254,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.no_torch:
                     r = measure_torchvision(root, case, n, args.batches, args.warmup)
                     rows.append((what, "torchvision (PIL)", n, r))
-                    print(f"  torchvision {case}, {n} worker(s): {r['images_per_s']:.0f} images/s", flush=True)
+                    rate = r["images_per_s"]
+                    print(f"  torchvision {case}, {n} worker(s): {rate:.0f} images/s", flush=True)
     # A loader with N worker processes keeps about N cores busy (1 with none): the figure
     # per core divides by that, at most by the cores there are.
     print(f"\n| pipeline | loader | workers | images/s | cores busy (of {cores()}) | per core |")
