@@ -76,23 +76,28 @@ def test_the_torch_cifar_resnets_are_the_same_architecture(depth, params):
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_input_pipeline_bench_on_generated_imagenet_jpegs():
+def test_input_pipeline_bench_prints_grain_beside_torchvision():
+    pytest.importorskip("torch")
     proc = _run(
         "bench.input_pipeline",
         "--which=imagenet",
         "--imagenet-images=150",
+        "--workers=0,1",
         "--batches=1",
         "--warmup=0",
         "--train-antialias=off",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "generated 150 ImageNet-sized JPEGs" in proc.stdout
-    assert re.search(
-        r"imagenet \(JPEG decode, inception crop, flip, bilinear resize to 224, batch 128\): "
-        r"\d+ images/s on \d+ core\(s\) = "
-        r"\d+ images/s per core \(128 images",
+    assert re.search(r"generated 150 ImageNet-sized JPEGs \(\d+ KB on average\)", proc.stdout)
+    what = r"ImageNet-sized JPEGs: decode, inception crop, flip, bilinear resize to 224"
+    rows = re.findall(
+        rf"\| {what} \| (resnet_jax \(grain\)|torchvision \(PIL\)) \| (\d) \| [\d,]+ \| 1 \| [\d,]+ \|",
         proc.stdout,
-    ), proc.stdout
+    )
+    assert rows == [
+        ("resnet_jax (grain)", "0"), ("torchvision (PIL)", "0"),
+        ("resnet_jax (grain)", "1"), ("torchvision (PIL)", "1"),
+    ], proc.stdout  # fmt: skip
 
 
 def test_input_pipeline_bench_refuses_an_unknown_pipeline(capsys):
@@ -102,6 +107,9 @@ def test_input_pipeline_bench_refuses_an_unknown_pipeline(capsys):
         input_pipeline.main(["--which=cifar,mnist"])
     assert exit_info.value.code == 2
     assert "unknown ['mnist']; valid: cifar, imagenet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        input_pipeline.main(["--workers=two"])
+    assert "--workers='two': expected comma-separated counts >= 0" in capsys.readouterr().err
 
 
 def test_conv_layer_bench_prints_one_row_per_stage():
