@@ -1,7 +1,7 @@
 """The Colab notebooks: stored clean, and each runs end to end in smoke mode.
 
 ``RESNET_JAX_SMOKE=1`` makes a notebook run on CPU with tiny step counts and local data
-(a slice of the CIFAR-10 JPEGs in ../shared/datasets when present, TFDS mock data,
+(a slice of the CIFAR-10 JPEGs in ../shared/datasets when present, generated images,
 scikit-learn's digits, a random stand-in for downloaded weights).
 """
 

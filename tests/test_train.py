@@ -136,6 +136,13 @@ def test_devices_and_processes_give_the_one_device_result(tmp_path):
     restored = _summary(tmp_path / "eight")
     assert restored["devices"] == 1
     np.testing.assert_allclose(restored["final"]["loss"], eight_final, rtol=1e-5)
+    # The input stream's grain state is per process: 2 processes' checkpoint does not
+    # resume in 1, and says so before touching anything.
+    before = sorted(p.name for p in (tmp_path / "two_processes" / "checkpoints").iterdir())
+    proc = _main(tmp_path / "two_processes", *SHORT, check=False)
+    assert proc.returncode != 0
+    assert "was written by 2 process(es), this run has 1" in proc.stderr, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "two_processes" / "checkpoints").iterdir()) == before
 
 
 def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
