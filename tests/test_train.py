@@ -245,6 +245,7 @@ def test_trains_on_a_prepared_tfds_dataset_without_tensorflow(tmp_path):
         f"--config.data_dir={tmp_path / 'tfds'}",
         "--config.batch_size=16",
         "--config.num_train_steps=4",
+        "--config.input_workers=1",  # the TFDS source, pickled into a grain worker process
     )
     assert summary["final"]["count"] == 40
 

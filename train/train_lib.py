@@ -422,54 +422,57 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     )
     sums, log_start, log_time = None, start_step, time.time()
     compile_s, train_s, trained = 0.0, 0.0, 0
-    for step in range(start_step + 1, total + 1):
-        batch = next(batches)
-        t = time.time()
-        state, metrics = p_train(state, batch, step_rng)
-        if step == start_step + 1:
-            compile_s = time.time() - t  # the first call compiles, and blocks while it does
-            log_time = time.time()
-        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-        bar.update(1)
-        is_eval = step % eval_every == 0 or step == total
-        is_ckpt = step % ckpt_every == 0 or step == total
-        if step % config.log_every_steps == 0 or is_eval or is_ckpt:
-            # Fetching the sums is the loop's only host sync, and it guards every save.
-            train_metrics = _means(sums)
-            if not all(math.isfinite(v) for v in train_metrics.values()):
-                last = ckpt.latest_step()
-                ckpt.wait()
-                raise FloatingPointError(
-                    f"non-finite train loss between steps {log_start + 1} and {step} "
-                    f"({train_metrics}); stopped without saving. The last good checkpoint "
-                    f"(step {last}) is kept in {ckpt.directory}. Lower learning_rate "
-                    f"(now {config.learning_rate}) or set grad_clip_norm."
+    try:
+        for step in range(start_step + 1, total + 1):
+            batch = next(batches)
+            t = time.time()
+            state, metrics = p_train(state, batch, step_rng)
+            if step == start_step + 1:
+                compile_s = time.time() - t  # the first call compiles, and blocks while it does
+                log_time = time.time()
+            sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+            bar.update(1)
+            is_eval = step % eval_every == 0 or step == total
+            is_ckpt = step % ckpt_every == 0 or step == total
+            if step % config.log_every_steps == 0 or is_eval or is_ckpt:
+                # Fetching the sums is the loop's only host sync, and it guards every save.
+                train_metrics = _means(sums)
+                if not all(math.isfinite(v) for v in train_metrics.values()):
+                    last = ckpt.latest_step()
+                    ckpt.wait()
+                    raise FloatingPointError(
+                        f"non-finite train loss between steps {log_start + 1} and {step} "
+                        f"({train_metrics}); stopped without saving. The last good checkpoint "
+                        f"(step {last}) is kept in {ckpt.directory}. Lower learning_rate "
+                        f"(now {config.learning_rate}) or set grad_clip_norm."
+                    )
+                elapsed = time.time() - log_time
+                n_steps = step - log_start - (1 if log_start == start_step else 0)
+                images_per_s = n_steps * config.batch_size / elapsed if elapsed > 0 and n_steps > 0 else 0.0
+                if n_steps > 0:
+                    train_s, trained = train_s + elapsed, trained + n_steps
+                train_metrics.update(lr=float(learning_rate_fn(step - 1)), images_per_s=images_per_s)
+                writer.write(step, "train", train_metrics)
+                bar.set_postfix(
+                    loss=f"{train_metrics['loss']:.4f}",
+                    acc=f"{train_metrics['top1']:.3f}",
+                    img_s=f"{images_per_s:.0f}",
                 )
-            elapsed = time.time() - log_time
-            n_steps = step - log_start - (1 if log_start == start_step else 0)
-            images_per_s = n_steps * config.batch_size / elapsed if elapsed > 0 and n_steps > 0 else 0.0
-            if n_steps > 0:
-                train_s, trained = train_s + elapsed, trained + n_steps
-            train_metrics.update(lr=float(learning_rate_fn(step - 1)), images_per_s=images_per_s)
-            writer.write(step, "train", train_metrics)
-            bar.set_postfix(
-                loss=f"{train_metrics['loss']:.4f}",
-                acc=f"{train_metrics['top1']:.3f}",
-                img_s=f"{images_per_s:.0f}",
-            )
-            sums, log_start, log_time = None, step, time.time()
-        if is_eval:
-            eval_metrics = evaluate(p_eval, state, data, mesh)
-            writer.write(step, "eval", eval_metrics)
-            evals.append({"step": step, **eval_metrics})
-            bar.write(
-                f"step {step}: eval loss {eval_metrics['loss']:.4f}, top-1 {eval_metrics['top1']:.4f}, "
-                f"top-5 {eval_metrics['top5']:.4f} ({eval_metrics['count']} images)"
-            )
-            log_time = time.time()
-        if is_ckpt:
-            ckpt.save(step, state, batches, eval_metrics if is_eval else None)
-            log_time = time.time()
+                sums, log_start, log_time = None, step, time.time()
+            if is_eval:
+                eval_metrics = evaluate(p_eval, state, data, mesh)
+                writer.write(step, "eval", eval_metrics)
+                evals.append({"step": step, **eval_metrics})
+                bar.write(
+                    f"step {step}: eval loss {eval_metrics['loss']:.4f}, top-1 {eval_metrics['top1']:.4f}, "
+                    f"top-5 {eval_metrics['top5']:.4f} ({eval_metrics['count']} images)"
+                )
+                log_time = time.time()
+            if is_ckpt:
+                ckpt.save(step, state, batches, eval_metrics if is_eval else None)
+                log_time = time.time()
+    finally:
+        batches.close()  # grain's worker processes and shared memory
     bar.close()
     if eval_metrics is None:  # resumed a finished run: evaluate what was restored
         eval_metrics = evaluate(p_eval, state, data, mesh)
