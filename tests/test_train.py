@@ -279,6 +279,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert ckpt.all_steps() == [5, 10]
 
 
+def test_a_checkpoint_without_the_input_streams_state_is_refused_untouched(tmp_path):
+    # Workdirs of the tf.data pipeline saved a JSON position as the 'data' item; grain's
+    # iterator state cannot be restored from it, so the run must stop and say why.
+    config = _config(num_train_steps=2, checkpoint_every_steps=2, eval_every_steps=2, log_every_steps=1)
+    train_lib.train_and_evaluate(config, str(tmp_path))
+    data = tmp_path / "checkpoints" / "2" / "data"
+    for f in data.iterdir():
+        f.unlink()
+    (data / "metadata").write_text(json.dumps({"step": 2, "epoch": 0, "batch_in_epoch": 2, "seed": 0}))
+    config.num_train_steps = 4
+    with pytest.raises(ValueError, match=r"step 2 .* holds no input-stream state .* left untouched"):
+        train_lib.train_and_evaluate(config, str(tmp_path))
+    assert [p.name for p in data.iterdir()] == ["metadata"]
+
+
 @pytest.mark.parametrize(
     "overrides,match",
     [

@@ -108,6 +108,12 @@ class Checkpointer:
             serialization.to_state_dict(state),
         )
         saved_processes = self._saved_process_count(step)
+        if saved_processes is None:
+            raise ValueError(
+                f"the checkpoint at step {step} in {self.directory} holds no input-stream state "
+                "(written by a resnet_jax before its grain pipeline); it is left untouched. Use a "
+                "new --workdir, or init_from this one to start from its weights."
+            )
         if saved_processes != jax.process_count():
             raise ValueError(
                 f"the checkpoint at step {step} in {self.directory} was written by {saved_processes} "
