@@ -3,7 +3,9 @@
 Nothing here times anything against a threshold: speed is for the benchmarks to print.
 """
 
+import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR = pathlib.Path(REPO).parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
 def _run(*args, timeout=600):
@@ -118,3 +121,32 @@ def test_conv_layer_bench_prints_one_row_per_stage():
     rows = [line for line in proc.stdout.splitlines() if re.match(r"2x\d+x\d+x\d+ \|", line)]
     assert [row.split(" |")[0] for row in rows] == ["2x32x32x16", "2x16x16x32", "2x8x8x64"]
     assert all(re.search(r"\d+\.\d ms \( *\d+\)", row) for row in rows)
+
+
+@pytest.mark.skipif(not CIFAR.exists(), reason="needs ../shared/datasets/cifar10-jpeg.tar.gz")
+def test_accelerator_suite_runs_every_part_in_smoke_mode(tmp_path):
+    # The GPU suite, shrunk to tiny sizes on the CPU, so that it works when a GPU is lent.
+    pytest.importorskip("torch")
+    proc = _run("bench.accelerator", f"--out={tmp_path}", "--smoke", f"--cifar-archive={CIFAR}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["smoke"] and set(results) >= {"resnet50", "resnet20", "parity", "input", "trainer"}
+    for row in results["resnet50"] + results["resnet20"][:2]:
+        assert row["resnet_jax"]["images_per_s"] > 0 and row["torch_eager"]["images_per_s"] > 0
+        assert row["ratio_vs_best_torch"] > 0
+    assert results["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert [r["workers"] for r in results["input"]] == [0, 1]
+    assert results["trainer"]["finished"] and results["trainer"]["steps"] == 4
+    assert re.search(r"\| resnet20 32x32 b8 bfloat16 \| [\d,.]+ \|", proc.stdout)
+    assert "parity: resnet18 64x64 float32" in proc.stdout
+    assert re.search(r"trainer: 4 steps, test error [\d.]+% \(paper 8.75%\)", proc.stdout)
+
+
+def test_accelerator_suite_refuses_an_unknown_part(capsys):
+    from bench import accelerator
+
+    with pytest.raises(SystemExit):
+        accelerator.main(["--out=/nonexistent", "--parts=resnet50,imagenet"])
+    assert (
+        "unknown ['imagenet']; valid: resnet50, resnet20, parity, input, trainer" in capsys.readouterr().err
+    )
