@@ -1,51 +1,120 @@
-"""Orbax checkpoints of the train state, with the config and the input position.
+"""Orbax checkpoints of the train state, with the config, the data and the input position.
 
 One ``CheckpointManager`` under ``WORKDIR/checkpoints`` saves asynchronously, keeps the
 last K steps plus the best by eval top-1 (an ``AnyPreservationPolicy`` of ``LatestN``
-and ``BestN``), and stores three items per step:
+and ``BestN``), and stores four items per step:
 
 - ``state``: params, batch_stats, optimizer state, EMA and step, as plain nested dicts;
 - ``config``: the run's config, so that a resume can refuse an incompatible one;
+- ``run``: what the run trains on (``Data.identity()``: dataset, classes, image shape,
+  the number and a fingerprint of the train examples), also compared on resume, and the
+  run's time and step counts so far, so that a resumed run's summary covers all of it;
 - ``data``: the train iterator's grain state (the next batch; with worker processes,
   each worker's position), one JSON file per process, written by grain's own Orbax
   handler. Restoring it continues the input stream exactly where the saved step left it.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a
-killed run leaves the last complete step intact; the temporary ones are ignored.
+killed run leaves the last complete step intact; the temporary ones are ignored. A step
+that cannot be read back (a truncated array file, an empty ``config/metadata``) is moved
+aside to ``checkpoints.unreadable/STEP``, never deleted, and the run resumes from the
+newest readable step. When no step is readable, nothing is moved and the run stops with
+each step's reason.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
 BEST_METRIC = "top1"
-# Fields that change the shapes in the state: resuming across a change cannot work.
+# Config fields that change the shapes in the state, or what the saved input position
+# means (it counts batches of the train split): a resume across a change is refused.
 _STRUCTURAL = (
     "model", "dataset", "classes", "image_size", "optimizer", "ema_decay", "grad_accum_steps", "freeze",
+    "batch_size", "train_split", "validation_examples",
 )  # fmt: skip
+
+
+class UnreadableCheckpointError(Exception):
+    """A saved step whose files cannot be read back."""
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A saved step written by a run that differs in what it trains, or how it is split."""
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
     return metrics[BEST_METRIC]
 
 
+def _describe(value: Any) -> str:
+    if isinstance(value, list) and len(value) > 6:
+        return f"{len(value)} items [{', '.join(map(repr, value[:3]))}, ...]"
+    return repr(value)
+
+
+def _innermost_message(error: BaseException) -> str:
+    """The first line of the deepest cause: TensorStore's reason, not Orbax's wrapper."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line if len(line) <= 400 else line[:400] + " ..."
+
+
+_UNREADABLE_PATHS: set[str] = set()
+
+
+def _quiet_failed_reads(step_dir: str) -> None:
+    """After a failed read, Orbax's remaining read coroutines of ``step_dir`` are collected
+    with their errors, and TensorStore's callbacks find Orbax's event loop closed: each
+    prints an unraisable traceback, thousands of lines that add nothing to the one-line
+    reason already given. Drop exactly those; any other unraisable error still prints."""
+    _UNREADABLE_PATHS.add(step_dir.rstrip(os.sep) + os.sep)
+    previous = sys.unraisablehook
+    if getattr(previous, "resnet_jax", False):
+        return
+
+    def hook(unraisable):
+        text = str(unraisable.exc_value)
+        if text == "Event loop is closed" or any(p in text for p in _UNREADABLE_PATHS):
+            return
+        previous(unraisable)
+
+    hook.resnet_jax = True
+    sys.unraisablehook = hook
+
+
+def _everywhere(ok: bool) -> bool:
+    """``ok`` in every process: a step is used only if all of them could read it."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+
+
 class Checkpointer:
-    """Saves and restores ``TrainState`` under ``directory``."""
+    """Saves and restores ``TrainState`` under ``directory``.
+
+    Set ``data`` to ``Data.identity()`` before saving or restoring: it is saved with every
+    step, and a resume on other data is refused.
+    """
 
     def __init__(self, directory: str, keep: int, config: Any):
         if keep < 1:
             raise ValueError(f"keep_checkpoints={keep} must be >= 1")
         self.directory = os.path.abspath(directory)
         self.config = json.loads(config.to_json_best_effort())
+        self.data: dict[str, Any] = {}
         policy = AnyPreservationPolicy(
             [LatestN(n=keep), BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False)]
         )
@@ -68,10 +137,16 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(
-        self, step: int, state: Any, data_iterator: grain.DatasetIterator, metrics: dict[str, float] | None
+        self,
+        step: int,
+        state: Any,
+        data_iterator: grain.DatasetIterator,
+        metrics: dict[str, float] | None,
+        progress: dict[str, float] | None = None,
     ) -> None:
         """Starts an asynchronous save of ``state`` at ``step``, with ``data_iterator``'s state
-        (taken now); ``metrics`` from an eval at it."""
+        (taken now), ``metrics`` from an eval at it, and ``progress``: the run's time and
+        step counts up to it, handed back by ``restore``."""
         if step in self.manager.all_steps():
             return
         self.manager.save(
@@ -79,54 +154,103 @@ class Checkpointer:
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(serialization.to_state_dict(state)),
                 config=ocp.args.JsonSave(self.config),
+                run=ocp.args.JsonSave({"data": self.data, "progress": progress or {}}),
                 data=grain.checkpoint.CheckpointSave(data_iterator),
             ),
             metrics=metrics,
         )
 
+    def _read_json(self, step: int, item: str, required: bool = True) -> dict[str, Any] | None:
+        """A JSON item of ``step``, read here so that a broken one is named by its file."""
+        path = os.path.join(self.directory, str(step), item, "metadata")
+        if not os.path.exists(path):
+            if required:
+                raise UnreadableCheckpointError(f"{path} is missing")
+            return None
+        try:
+            with open(path) as f:
+                value = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UnreadableCheckpointError(f"{path} is not readable JSON ({e})") from None
+        if not isinstance(value, dict):
+            raise UnreadableCheckpointError(f"{path} holds a {type(value).__name__}, not a JSON object")
+        return value
+
     def saved_config(self, step: int) -> dict[str, Any]:
-        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        return self._read_json(step, "config")
 
     def restore(
-        self, state: Any, mesh: Mesh, data_iterator: grain.DatasetIterator, step: int | None = None
-    ) -> tuple[Any, int]:
-        """``state`` with the values of ``step`` (default: the latest), replicated on ``mesh``,
-        and ``data_iterator`` moved (in place) to the input position saved with it.
+        self, state: Any, mesh: Mesh, data_iterator: grain.DatasetIterator
+    ) -> tuple[Any, int, dict[str, float]]:
+        """``state`` with the values of the newest readable step, replicated on ``mesh``, and
+        ``data_iterator`` moved (in place) to the input position saved with it.
 
         The target is ``state``'s structure with shardings for ``mesh``, so a checkpoint
         written on N devices restores on any other count (the iterator's state is per
-        process: the process count must be the saved one). Returns (state, step), or
-        (state, 0) with both untouched when there is no checkpoint.
+        process: the process count must be the saved one). Returns (state, step, progress
+        saved with it), or (state, 0, {}) with both untouched when there is no checkpoint.
+        Newer steps that cannot be read are moved aside; a step written by an incompatible
+        run raises ``IncompatibleCheckpointError`` naming each changed setting, and nothing
+        is touched.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            return state, 0
-        self._check_compatible(step)
         replicated = NamedSharding(mesh, PartitionSpec())
         target = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
             serialization.to_state_dict(state),
         )
-        saved_processes = self._saved_process_count(step)
-        if saved_processes is None:
+        unreadable: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            problem = None
+            try:
+                self._check_compatible(step)
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(target),
+                        data=grain.checkpoint.CheckpointRestore(data_iterator),
+                    ),
+                )["state"]
+            except IncompatibleCheckpointError:
+                raise  # refused, and nothing touched
+            except UnreadableCheckpointError as e:
+                problem = str(e)
+            except Exception as e:  # whatever Orbax, TensorStore or grain raise
+                _quiet_failed_reads(os.path.join(self.directory, str(step)))
+                problem = _innermost_message(e)
+            if _everywhere(problem is None):
+                self._move_aside(unreadable, step)
+                run = self._read_json(step, "run", required=False) or {}
+                return serialization.from_state_dict(state, restored), step, run.get("progress") or {}
+            unreadable.append((step, problem or "unreadable in another process"))
+        if unreadable:
+            reasons = "; ".join(f"step {s}: {why}" for s, why in unreadable)
             raise ValueError(
-                f"the checkpoint at step {step} in {self.directory} holds no input-stream state "
-                "(written by a resnet_jax before its grain pipeline); it is left untouched. Use a "
-                "new --workdir, or init_from this one to start from its weights."
+                f"no checkpoint in {self.directory} can be read ({reasons}). They are left in place; "
+                "move them away to start that workdir again from step 0, or use a new --workdir."
             )
-        if saved_processes != jax.process_count():
-            raise ValueError(
-                f"the checkpoint at step {step} in {self.directory} was written by {saved_processes} "
-                f"process(es), this run has {jax.process_count()}; the input stream's position is saved "
-                "per process, so resume with the same number of processes (any device count works)."
-            )
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iterator)
-            ),
-        )["state"]
-        return serialization.from_state_dict(state, restored), step
+        return state, 0, {}
+
+    def _move_aside(self, unreadable: list[tuple[int, str]], resume_step: int) -> None:
+        """Moves the unreadable steps into ``DIRECTORY.unreadable/`` (process 0 does), then
+        has Orbax list the steps again."""
+        if not unreadable:
+            return
+        aside = self.directory + ".unreadable"
+        if jax.process_index() == 0:
+            os.makedirs(aside, exist_ok=True)
+            for step, why in unreadable:
+                dest, n = os.path.join(aside, str(step)), 1
+                while os.path.exists(dest):
+                    dest, n = os.path.join(aside, f"{step}.{n}"), n + 1
+                os.rename(os.path.join(self.directory, str(step)), dest)
+                message = (
+                    f"the checkpoint at step {step} cannot be read ({why}); moved it to {dest}, "
+                    f"resuming from step {resume_step}"
+                )
+                print(f"warning: {message}", file=sys.stderr, flush=True)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("resnet_jax: unreadable checkpoints moved aside")
+        self.manager.reload()
 
     def _saved_process_count(self, step: int) -> int | None:
         """How many processes wrote the data iterator's state at ``step``."""
@@ -136,16 +260,45 @@ class Checkpointer:
         return counts.pop() if len(counts) == 1 else None
 
     def _check_compatible(self, step: int) -> None:
+        """IncompatibleCheckpointError when ``step`` was written by a run of another model, on other data or
+        with another process count; UnreadableCheckpointError when its records are broken."""
         saved = self.saved_config(step)
-        diffs = [
-            f"{k}: saved {saved.get(k)!r}, now {self.config.get(k)!r}"
+        diffs = {
+            k: f"{k}: saved {_describe(saved.get(k))}, now {_describe(self.config.get(k))}"
             for k in _STRUCTURAL
             if k in saved and saved.get(k) != self.config.get(k)
-        ]
+        }
+        saved_data = (self._read_json(step, "run", required=False) or {}).get("data") or {}
+        for k, v in saved_data.items():
+            if k not in diffs and k != "data_dir" and k in self.data and self.data[k] != v:
+                diffs[k] = f"{k}: saved {_describe(v)}, now {_describe(self.data[k])}"
+        if diffs and saved_data.get("data_dir", "") != self.data.get("data_dir", ""):
+            # Named when the data differ; the same files under another path are fine.
+            diffs = {
+                "data_dir": f"data_dir: saved {saved_data['data_dir']!r}, now {self.data['data_dir']!r}",
+                **diffs,
+            }
         if diffs:
-            raise ValueError(
+            raise IncompatibleCheckpointError(
                 f"the checkpoint at step {step} in {self.directory} was written by a different run "
-                f"({'; '.join(diffs)}); it is left untouched. Use a new --workdir, or the saved values."
+                f"({'; '.join(diffs.values())}); it is left untouched. Use a new --workdir, or the "
+                "saved values."
+            )
+        saved_processes = self._saved_process_count(step)
+        if saved_processes is None:
+            folder = os.path.join(self.directory, str(step), "data")
+            if not os.path.isdir(folder):
+                raise UnreadableCheckpointError(f"{folder} is missing")
+            raise IncompatibleCheckpointError(
+                f"the checkpoint at step {step} in {self.directory} holds no input-stream state "
+                "(written by a resnet_jax before its grain pipeline); it is left untouched. Use a "
+                "new --workdir, or init_from this one to start from its weights."
+            )
+        if saved_processes != jax.process_count():
+            raise IncompatibleCheckpointError(
+                f"the checkpoint at step {step} in {self.directory} was written by {saved_processes} "
+                f"process(es), this run has {jax.process_count()}; the input stream's position is saved "
+                "per process, so resume with the same number of processes (any device count works)."
             )
 
     def wait(self) -> None:
@@ -173,7 +326,15 @@ def load_variables(path: str, step: int | None = None, ema: bool = False) -> tup
         step = max(steps) if step is None else step
         if step not in steps:
             raise ValueError(f"step={step} is not saved in {directory}; saved: {sorted(steps)}")
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        try:
+            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        except Exception as e:  # a truncated or missing file
+            _quiet_failed_reads(os.path.join(directory, str(step)))
+            others = sorted(set(steps) - {step})
+            raise ValueError(
+                f"the checkpoint at step {step} in {directory} cannot be read ({_innermost_message(e)}); "
+                f"other saved steps: {others or 'none'}"
+            ) from None
     finally:
         manager.close()
     if ema and not state.get("ema_params"):

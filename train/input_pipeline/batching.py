@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -128,6 +129,19 @@ class Data:
     @property
     def eval_batch_size(self) -> int:
         return self.config.eval_batch_size or self.config.batch_size
+
+    def identity(self) -> dict[str, Any]:
+        """What the run trains on, for a resume to compare: another dataset, other classes or
+        other train examples (another folder, files added or removed) refuse to resume."""
+        base, lo, hi = _slice_spec(self.train_split)
+        data_dir = self.config.data_dir
+        return {
+            "data_dir": os.path.abspath(os.path.expanduser(data_dir)) if data_dir else "",
+            "class_names": [str(c) for c in self.source.class_names],
+            "image_shape": list(self.image_shape),
+            "train_examples": self.num_train,
+            "train_fingerprint": self.source.splits[base].fingerprint(lo, hi),
+        }
 
     def _split(self, split: str) -> grain.MapDataset:
         base, lo, hi = _slice_spec(split)
