@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import difflib
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -42,6 +43,11 @@ class ArraySource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {"image": self.images[index], "label": self.labels[index]}
 
+    def fingerprint(self, lo: int, hi: int | None) -> str:
+        digest = hashlib.sha256(np.ascontiguousarray(self.labels[lo:hi]).tobytes())
+        digest.update(np.ascontiguousarray(self.images[lo:hi]).tobytes())
+        return digest.hexdigest()[:16]
+
 
 @dataclasses.dataclass(frozen=True)
 class FileSource:
@@ -57,6 +63,12 @@ class FileSource:
         with open(self.paths[index], "rb") as f:
             return {"image": f.read(), "label": self.labels[index]}
 
+    def fingerprint(self, lo: int, hi: int | None) -> str:
+        """Of the files' CLASS/NAME and labels: the same folder moved elsewhere matches."""
+        tails = (os.path.join(*p.split(os.sep)[-2:]) for p in self.paths[lo:hi])
+        text = "\n".join(f"{y}\t{t}" for y, t in zip(self.labels[lo:hi].tolist(), tails))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 @dataclasses.dataclass(frozen=True)
 class TfdsSource:
@@ -64,6 +76,7 @@ class TfdsSource:
 
     source: Any
     label_key: str
+    tag: str = ""  # NAME:VERSION:SPLIT
 
     def __len__(self) -> int:
         return len(self.source)
@@ -71,6 +84,10 @@ class TfdsSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.source[index]
         return {"image": record["image"], "label": record[self.label_key]}
+
+    def fingerprint(self, lo: int, hi: int | None) -> str:
+        lo, hi, _ = slice(lo, hi).indices(len(self))
+        return hashlib.sha256(f"{self.tag}[{lo}:{hi}]".encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass
@@ -189,6 +206,7 @@ def image_folder_source(root: str, classes: Sequence[int] = ()) -> Source:
         keep = np.flatnonzero(~np.isin(files, bad)) if bad else np.arange(len(files))
         splits[split] = FileSource(tuple(files[i] for i in keep), labels[keep])
         shapes.update(hw)
+    _check_every_class_trains(root, class_names, splits["train"].labels if "train" in splits else [])
     return Source(
         name=f"image_folder:{root}",
         num_classes=len(class_names),
@@ -198,6 +216,25 @@ def image_folder_source(root: str, classes: Sequence[int] = ()) -> Source:
         splits=splits,
         kind="bytes",
         skipped={k: v for k, v in skipped.items() if v},
+    )
+
+
+def _check_every_class_trains(root: str, class_names: Sequence[str], labels: Any) -> None:
+    """A class without a train image could never be predicted: refuse it, naming its folder."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names))
+    empty = [name for name, n in zip(class_names, counts) if n == 0]
+    if not empty:
+        return
+    folders = []
+    for name in empty[:5]:
+        folder = os.path.join(root, "train", name)
+        found = "holds no decodable image" if os.path.isdir(folder) else "does not exist"
+        folders.append(f"{folder} {found}")
+    more = f" (and {len(empty) - 5} more)" if len(empty) > 5 else ""
+    raise ValueError(
+        f"image folder {root!r}: {len(empty)} class(es) have no train images: {'; '.join(folders)}{more}. "
+        f"A class is every folder name found under any split; add its images to train/ "
+        f"({', '.join(IMAGE_EXTENSIONS)}), remove its folders, or leave it out with --config.classes."
     )
 
 
@@ -274,7 +311,7 @@ def tfds_source(name: str, data_dir: str, manual_dir: str) -> Source:
                     "It must be prepared as ArrayRecord: `tfds build NAME --file_format=array_record`."
                 ) from e
             continue  # TFDS mock data without split metadata: only the usual splits exist
-        splits[split] = TfdsSource(source, keys[1])
+        splits[split] = TfdsSource(source, keys[1], f"{name}:{builder.info.version}:{split}")
     label = builder.info.features[keys[1]]
     return Source(
         name=name,
