@@ -129,8 +129,10 @@ def test_devices_and_processes_give_the_one_device_result(tmp_path):
         )
     assert _summary(tmp_path / "eight")["devices"] == 8
     eight_final = _summary(tmp_path / "eight")["final"]["loss"]
-    # A checkpoint written on 8 devices restores on 1: the resumed run finds it complete
-    # and evaluates the restored state to the loss the 8-device run reported for it.
+    # A checkpoint written on 8 devices restores on 1. Without its summary (as when a run is
+    # killed after its last checkpoint), the resumed run finds it complete and evaluates the
+    # restored state to the loss the 8-device run reported for it.
+    (tmp_path / "eight" / "summary.json").unlink()
     proc = _main(tmp_path / "eight", *SHORT)
     assert "resuming from the checkpoint at step 12 of 12" in proc.stdout
     restored = _summary(tmp_path / "eight")
@@ -317,13 +319,6 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
     blocker.write_text("")
     with pytest.raises(ValueError, match=r"workdir '.*a_file/run' is not writable"):
         train_lib.train_and_evaluate(_config(), str(blocker / "run"))
-
-
-def test_config_typo_is_refused_by_the_locked_config(tmp_path):
-    proc = _main(tmp_path, "--config.learning_rat=0.5", check=False)
-    assert proc.returncode != 0
-    assert "learning_rat" in proc.stderr and "learning_rate" in proc.stderr
-    assert not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.skipif(not CIFAR.exists(), reason="needs ../shared/datasets/cifar10-jpeg.tar.gz")

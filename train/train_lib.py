@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -94,10 +95,33 @@ def create_learning_rate_fn(config: Any, steps_per_epoch: int) -> optax.Schedule
 
 
 def total_steps(config: Any, steps_per_epoch: int) -> int:
-    """``num_train_steps`` when > 0, else ``num_epochs`` whole epochs."""
+    """``num_train_steps`` when > 0, else ``num_epochs`` epochs (rounded down to whole steps).
+
+    On the command line, ``--config.num_epochs`` clears a config file's ``num_train_steps``
+    (``train.main.apply_duration_rule``), so the length asked for is the length trained.
+    """
     if config.num_train_steps > 0:
         return int(config.num_train_steps)
     return int(config.num_epochs * steps_per_epoch)
+
+
+def _duration(config: Any, steps_per_epoch: int, num_train: int) -> tuple[int, str]:
+    """The run's steps, and a line saying which field set them."""
+    total = total_steps(config, steps_per_epoch)
+    field = (
+        f"num_train_steps={config.num_train_steps}"
+        if config.num_train_steps > 0
+        else f"num_epochs={config.num_epochs}"
+    )
+    if total < 1:
+        raise ValueError(
+            f"{field} gives 0 steps ({steps_per_epoch} steps of batch {config.batch_size} per epoch of "
+            f"{num_train} train images); set num_epochs > 0 or num_train_steps > 0"
+        )
+    return total, (
+        f"{total} steps of batch {config.batch_size} ({field}): {total / steps_per_epoch:.4g} epochs "
+        f"of {num_train} train images"
+    )
 
 
 def decay_mask(params: Any) -> Any:
@@ -330,6 +354,25 @@ def _check_config(config: Any) -> None:
             raise ValueError(f"config.{field}={config[field]} must be >= 1")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1)")
+    if config.num_train_steps <= 0 and config.num_epochs <= 0:
+        raise ValueError(
+            f"num_epochs={config.num_epochs} and num_train_steps={config.num_train_steps} give a run of 0 "
+            "steps; set num_epochs > 0, or num_train_steps > 0 (which wins when both are set)"
+        )
+
+
+def _check_init_from(config: Any) -> None:
+    """Freezing only makes sense for weights that came from somewhere: a fresh run that
+    freezes without ``init_from`` would train a head on random features."""
+    frozen = [f"freeze={config.freeze!r}"] if config.freeze.strip() else []
+    frozen += ["freeze_batch_stats=True"] if config.freeze_batch_stats else []
+    if frozen and not config.init_from:
+        raise ValueError(
+            f"{' and '.join(frozen)} with no init_from would freeze randomly initialised weights. Set "
+            "--config.init_from=SOURCE (a weights tag such as torchvision_v1, a `python -m "
+            "resnet_jax.convert` directory or a workdir), or train every weight from a random init "
+            "with --config.freeze='' --config.freeze_batch_stats=False"
+        )
 
 
 def _means(sums: Mapping[str, Any]) -> dict[str, float]:
@@ -346,30 +389,64 @@ def evaluate(p_eval: Callable[..., Any], state: TrainState, data: Any, mesh: Mes
         total = m if total is None else jax.tree.map(jnp.add, total, m)
     count = int(jax.device_get(total["count"]))
     if count != data.num_eval:
-        raise RuntimeError(f"eval saw {count} examples, expected {data.num_eval}")
+        raise AssertionError(f"eval saw {count} examples, expected {data.num_eval}")
     return {**_means(total), "count": count}
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
-    """Trains ``config`` into ``workdir``, resuming from its newest checkpoint.
+    """Trains ``config`` into ``workdir``, resuming from its newest readable checkpoint.
 
-    Returns a summary: final and best eval metrics, steps, wall time, images/s.
+    Returns a summary, also written to ``workdir/summary.json``: final and best eval
+    metrics, steps, and wall time, compile time and images/s summed over every session
+    that trained the run (a session's steps after its last checkpoint are redone by the
+    next one and counted once). A finished workdir is left as it is and its summary
+    returned. A workdir that this call created is removed again if the call fails before
+    writing anything into it.
     """
+    start_time = time.time()
+    _check_config(config)
+    existed = os.path.exists(os.path.abspath(os.path.expanduser(workdir)))
+    workdir = _check_workdir(workdir)
+    try:
+        return _train_and_evaluate(config, workdir, start_time)
+    except BaseException:
+        if not existed and jax.process_index() == 0:
+            _remove_if_empty(workdir)
+        raise
+
+
+def _remove_if_empty(directory: str) -> None:
+    """Removes ``directory`` when it holds folders at most: no file was written."""
+    if not any(files for _, _, files in os.walk(directory)):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _read_summary(workdir: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(workdir, "summary.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from train import checkpointing, finetune, input_pipeline
 
-    start_time = time.time()
-    _check_config(config)
-    workdir = _check_workdir(workdir)
     mesh = create_mesh()
     check_batch_size(config.batch_size, mesh)
     check_batch_size(config.eval_batch_size or config.batch_size, mesh)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config)
+    if ckpt.latest_step() is None:
+        _check_init_from(config)
     data = input_pipeline.create_data(config)
+    ckpt.data = data.identity()
     for split, files in data.source.skipped.items():
         logging.warning(
             "skipped %d undecodable image(s) in split %r: %s", len(files), split, ", ".join(files[:5])
         )
+    total, duration = _duration(config, data.steps_per_epoch, data.num_train)
 
     model_kw = dict(
         num_classes=data.num_classes,
@@ -388,7 +465,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
     state = create_train_state(model, tx, data.image_shape, init_rng, ema=config.ema_decay > 0)
 
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config)
     if config.init_from and ckpt.latest_step() is None:
         params, batch_stats, report = finetune.restore(
             config.init_from, state.params, state.batch_stats, config.model, config.reinit_head
@@ -404,10 +480,37 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     state = replicate(state, mesh)
     step_rng = replicate(step_rng, mesh)
     batches = DevicePrefetchIterator(data.train_iterator(), mesh, config.prefetch)
-    state, start_step = ckpt.restore(state, mesh, batches)
-    total = total_steps(config, data.steps_per_epoch)
-    if start_step and jax.process_index() == 0:
-        print(f"resuming from the checkpoint at step {start_step} of {total} in {workdir}", flush=True)
+    try:
+        state, start_step, before = ckpt.restore(state, mesh, batches)
+    except BaseException:
+        batches.close()
+        ckpt.close()
+        raise
+    summary = _read_summary(workdir)
+    if start_step >= total and summary and summary.get("steps") == start_step:
+        # Finished: nothing to train, evaluate or rewrite.
+        batches.close()
+        ckpt.close()
+        if jax.process_index() == 0:
+            print(
+                f"{workdir} is finished: its checkpoint is at step {start_step} of {total}, final top-1 "
+                f"{summary['final']['top1']:.4f}, best {summary['best_top1']:.4f} at step "
+                f"{summary['best_step']}. Nothing was changed; to train on, raise num_train_steps "
+                "or num_epochs.",
+                flush=True,
+            )
+        return summary
+    if start_step > total:
+        batches.close()
+        ckpt.close()
+        raise ValueError(
+            f"the checkpoint in {workdir} is at step {start_step}, past this run's {total} steps "
+            f"({duration}); give the run at least {start_step} steps, or use a new --workdir"
+        )
+    if jax.process_index() == 0:
+        if start_step:
+            print(f"resuming from the checkpoint at step {start_step} of {total} in {workdir}", flush=True)
+        print(duration, flush=True)
     writer = MetricWriter(workdir, start_step)
     p_train, p_eval = make_steps(
         mesh, config.label_smoothing, config.ema_decay, config.cpu_ynnpack, config.mean, config.std
@@ -422,6 +525,17 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     )
     sums, log_start, log_time = None, start_step, time.time()
     compile_s, train_s, trained = 0.0, 0.0, 0
+
+    def progress() -> dict[str, float]:
+        """Time and step counts of every session so far, this one up to now."""
+        return {
+            "wall_s": before.get("wall_s", 0.0) + time.time() - start_time,
+            "compile_s": before.get("compile_s", 0.0) + compile_s,
+            "train_s": before.get("train_s", 0.0) + train_s,
+            "trained_steps": before.get("trained_steps", 0) + trained,
+            "sessions": before.get("sessions", 0) + 1,
+        }
+
     try:
         for step in range(start_step + 1, total + 1):
             batch = next(batches)
@@ -440,10 +554,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                 if not all(math.isfinite(v) for v in train_metrics.values()):
                     last = ckpt.latest_step()
                     ckpt.wait()
+                    kept = (
+                        f"The last good checkpoint (step {last}) is kept in {ckpt.directory}."
+                        if last is not None
+                        else "No checkpoint had been saved yet, so the run has nothing to resume from."
+                    )
                     raise FloatingPointError(
                         f"non-finite train loss between steps {log_start + 1} and {step} "
-                        f"({train_metrics}); stopped without saving. The last good checkpoint "
-                        f"(step {last}) is kept in {ckpt.directory}. Lower learning_rate "
+                        f"({train_metrics}); stopped without saving. {kept} Lower learning_rate "
                         f"(now {config.learning_rate}) or set grad_clip_norm."
                     )
                 elapsed = time.time() - log_time
@@ -469,39 +587,48 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                 )
                 log_time = time.time()
             if is_ckpt:
-                ckpt.save(step, state, batches, eval_metrics if is_eval else None)
+                ckpt.save(step, state, batches, eval_metrics if is_eval else None, progress())
                 log_time = time.time()
     finally:
         batches.close()  # grain's worker processes and shared memory
     bar.close()
-    if eval_metrics is None:  # resumed a finished run: evaluate what was restored
+    if eval_metrics is None:  # resumed a run whose summary was not written: evaluate it
         eval_metrics = evaluate(p_eval, state, data, mesh)
-        evals.append({"step": start_step, **eval_metrics})
+        if not any(r["step"] == start_step for r in evals):
+            writer.write(start_step, "eval", eval_metrics)
+            evals.append({"step": start_step, **eval_metrics})
     ckpt.wait()
     ckpt.close()
     writer.close()
     writer.plot(os.path.join(workdir, "curves.png"))
     # Ties go to the later step, as Orbax's BestN keeps it.
     best = max(reversed(evals), key=lambda r: r["top1"])
+    done = progress()
     summary = {
         "workdir": workdir,
         "steps": total,
         "final": eval_metrics,
         "best_top1": best["top1"],
         "best_step": best["step"],
-        "wall_s": time.time() - start_time,
-        "compile_s": compile_s,
-        "images_per_s": trained * config.batch_size / train_s if train_s > 0 else 0.0,
+        "wall_s": done["wall_s"],
+        "compile_s": done["compile_s"],
+        "train_s": done["train_s"],
+        "images_per_s": done["trained_steps"] * config.batch_size / done["train_s"]
+        if done["train_s"]
+        else 0.0,
+        "sessions": done["sessions"],
         "devices": mesh.devices.size,
     }
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
+        sessions = f" over {summary['sessions']} sessions" if summary["sessions"] > 1 else ""
         print(
             f"done: final top-1 {eval_metrics['top1']:.4f} (loss {eval_metrics['loss']:.4f}), "
             f"best top-1 {best['top1']:.4f} at step {best['step']}, {total} steps on "
-            f"{summary['devices']} device(s) in {summary['wall_s']:.1f}s wall "
-            f"({compile_s:.1f}s compiling), {summary['images_per_s']:.0f} train images/s; wrote {workdir}",
+            f"{summary['devices']} device(s) in {summary['wall_s']:.1f}s wall{sessions} "
+            f"({summary['compile_s']:.1f}s compiling), {summary['images_per_s']:.0f} train images/s; "
+            f"wrote {workdir}",
             flush=True,
         )
     return summary
