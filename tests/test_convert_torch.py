@@ -186,7 +186,7 @@ def test_pth_reader_handles_views_half_precision_and_parameters(tmp_path):
         np.testing.assert_array_equal(arrays[k], v.detach().float().numpy(), err_msg=k)
 
 
-def test_cli_writes_an_orbax_checkpoint_with_metadata(tmp_path, monkeypatch):
+def test_cli_writes_an_orbax_checkpoint_with_metadata(tmp_path, monkeypatch, capsys):
     from resnet_jax.convert import __main__ as cli
 
     torch_model = _randomize(tv_models.resnet18(num_classes=7), seed=6)
@@ -208,8 +208,9 @@ def test_cli_writes_an_orbax_checkpoint_with_metadata(tmp_path, monkeypatch):
     # A URL is downloaded into the cache and verified; an unregistered one needs --sha256.
     monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path / "cache"))
     url = (tmp_path / "r18.pth").as_uri()
-    with pytest.raises(SystemExit, match="pass its --sha256"):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["--source=torchvision", "--model=resnet18", f"--weights={url}", f"--out={tmp_path / 'u'}"])
+    assert exit_info.value.code == 1 and "error: " in capsys.readouterr().err.splitlines()[-1]
     sha = weights.sha256_of(str(tmp_path / "r18.pth"))
     cli.main(
         [
@@ -223,12 +224,12 @@ def test_cli_writes_an_orbax_checkpoint_with_metadata(tmp_path, monkeypatch):
     assert (tmp_path / "cache" / "r18.pth").exists() and convert.load(str(tmp_path / "u"))[1]["url"] == url
 
 
-def test_cli_refuses_a_pickled_payload_and_writes_nothing(tmp_path):
+def test_cli_refuses_a_pickled_payload_and_writes_nothing(tmp_path, capsys):
     from resnet_jax.convert import __main__ as cli
 
     marker = tmp_path / "pwned.txt"
     torch.save({"fc.weight": torch.zeros(2, 2), "x": _Payload(str(marker))}, tmp_path / "evil.pth")
-    with pytest.raises(convert.UnsafeWeightsError):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(
             [
                 "--source=torchvision",
@@ -237,4 +238,6 @@ def test_cli_refuses_a_pickled_payload_and_writes_nothing(tmp_path):
                 f"--out={tmp_path / 'o'}",
             ]
         )
-    assert not marker.exists() and not (tmp_path / "o").exists()
+    assert exit_info.value.code == 1 and not marker.exists() and not (tmp_path / "o").exists()
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a plain weights file: its pickle asks for" in err

@@ -2,32 +2,85 @@ r"""python -m train.main --config=train/configs/NAME.py --workdir=DIR [--config.
 
 Parses flags and the config, joins a multi-host run when asked, and calls
 ``train_lib.train_and_evaluate``. With no flags it trains the offline default config
-into ./runs/default.
+into ./runs/default. Run it from the repository root.
+
+A mistake in the command (an unknown flag, config file or field, a bad value, missing
+data, a refused resume) prints one ``error: ...`` line on stderr and exits with status 1;
+an unexpected failure keeps its traceback (``resnet_jax.cli``; set RESNET_JAX_TRACEBACK=1
+to see the traceback of a user error too).
 """
 
+import glob
 import os
+
+# TensorFlow, if something imports it (a TFDS builder preparing a dataset), logs pages
+# of CUDA and oneDNN notices at start-up; warnings and errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+from resnet_jax import cli
 
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Checkpoints, metrics and plots go here (default: runs/CONFIG)."
-)
-config_flags.DEFINE_config_file(
-    "config", os.path.join(_CONFIGS, "default.py"), "A train/configs/*.py file.", lock_config=True
-)
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed",
-    False,
-    "Call jax.distributed.initialize() with its auto-detection (SLURM, TPU pods, Open MPI).",
-)
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, for multi-host runs."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+FLAGS = flags.FLAGS
+_HELP = "python -m train.main --helpfull lists the flags"
+
+
+def _define_flags() -> None:
+    """Defined when the tool runs, not on import: ml_collections reads the ``--config.*``
+    overrides from the command line while defining ``--config``, and a misspelt field
+    must reach ``run``'s error handling."""
+    flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here (default: runs/CONFIG).")
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(_CONFIGS, "default.py"), "A train/configs/*.py file.", lock_config=True
+    )
+    flags.DEFINE_bool(
+        "distributed",
+        False,
+        "Call jax.distributed.initialize() with its auto-detection (SLURM, TPU pods, Open MPI).",
+    )
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
+    flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+
+
+def _load_config():
+    """The config file with the command line's overrides, and its path."""
+    path = FLAGS["config"].config_filename
+    file = path.split(":", 1)[0]
+    if not os.path.isfile(file):
+        known = sorted(os.path.relpath(p) for p in glob.glob(os.path.join(_CONFIGS, "*.py")))
+        raise ValueError(
+            f"config file --config={path} not found (from {os.getcwd()}); the configs are: "
+            f"{', '.join(k for k in known if not k.endswith('__init__.py'))}"
+        )
+    config = FLAGS.config
+    apply_duration_rule(config, {name.split(".", 1)[1] for name in _present_overrides()})
+    return config, path
+
+
+def _present_overrides() -> list[str]:
+    return [name for name in FLAGS if name.startswith("config.") and FLAGS[name].present]
+
+
+def apply_duration_rule(config, overridden: set[str]) -> None:
+    """``num_train_steps`` > 0 sets the length of a run, else ``num_epochs``; a length given
+    on the command line always wins: ``--config.num_epochs=2`` clears a config file's
+    ``num_train_steps``. Giving both on the command line is an error."""
+    if {"num_epochs", "num_train_steps"} <= overridden:
+        if config.num_train_steps > 0 and config.num_epochs > 0:
+            raise ValueError(
+                f"--config.num_epochs={config.num_epochs} and --config.num_train_steps="
+                f"{config.num_train_steps} both set the run's length; give one of them"
+            )
+    elif "num_epochs" in overridden and config.num_train_steps > 0:
+        print(
+            f"num_epochs={config.num_epochs} from the command line replaces the config file's "
+            f"num_train_steps={config.num_train_steps}",
+            flush=True,
+        )
+        config.num_train_steps = -1
 
 
 def main(argv):
@@ -38,21 +91,54 @@ def main(argv):
 
     from train import train_lib
 
-    if not flags.FLAGS["verbosity"].present:
+    if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-    if _COORDINATOR.value or _DISTRIBUTED.value:
+    config, config_path = _load_config()
+    if FLAGS.coordinator_address or FLAGS.distributed:
         jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
         )
-    config_path = flags.FLAGS["config"].config_filename
-    workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
+    workdir = FLAGS.workdir or os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
     logging.info("process %d of %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     if jax.process_index() == 0:
         print(f"config {config_path}; writing to {os.path.abspath(workdir)}", flush=True)
-    train_lib.train_and_evaluate(flags.FLAGS.config, workdir)
+    train_lib.train_and_evaluate(config, workdir)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        cli.fail(f"{e} ({_HELP})")
+
+
+def _field_error(error: BaseException) -> str:
+    """ml_collections' message for a misspelt --config.FIELD, without its quoting."""
+    while (
+        isinstance(error, (AttributeError, KeyError))
+        and error.args
+        and isinstance(error.args[0], BaseException)
+    ):
+        error = error.args[0]
+    text = str(error.args[0]) if error.args else str(error)
+    name, _, hint = text.partition("\n")
+    return f"--config.{name.strip(chr(39))} is not a field of the config; {hint.strip() or _HELP}"
+
+
+def run() -> None:
+    try:
+        _define_flags()
+    except (AttributeError, KeyError) as e:
+        cli.fail(_field_error(e))
+    try:
+        app.run(main, flags_parser=_parse_flags)
+    except Exception as e:
+        if not cli.is_user_error(e):
+            raise
+        cli.fail(str(e))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

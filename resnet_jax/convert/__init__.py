@@ -308,11 +308,17 @@ def _torch_load_weights_only(path: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        asked = f"asks for {found.group(1)}" if found else f"failed the weights-only check ({e})"
+        # torch's own text is a page long; its one informative line follows this marker.
+        reason = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0]
+        asked = f"asks for {found.group(1)}" if found else f"failed the weights-only check ({reason})"
         raise UnsafeWeightsError(
             f"{path!r} is not a plain weights file: its pickle {asked}, so torch.load(weights_only=True) "
             "refused it without running it. Load it only if you trust it, and save its state_dict as "
             ".safetensors."
+        ) from None
+    except (RuntimeError, EOFError) as e:  # not a zip or pickle at all: truncated, or another format
+        raise ValueError(
+            f"{path!r} cannot be read as a PyTorch weights file ({str(e).split('. ')[0]})"
         ) from None
 
 
@@ -351,7 +357,11 @@ def keras_h5_weights(path: str) -> dict[str, list[np.ndarray]]:
     def names(attr: Any) -> list[str]:
         return [n.decode() if isinstance(n, bytes) else str(n) for n in attr]
 
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path!r} is not a Keras .h5 / .weights.h5 weights file ({e})") from None
+    with f:
         if "layer_names" in f.attrs or ("model_weights" in f and "layer_names" in f["model_weights"].attrs):
             root = f if "layer_names" in f.attrs else f["model_weights"]
             out = {}

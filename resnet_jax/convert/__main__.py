@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from resnet_jax import convert, weights
+from resnet_jax import cli, convert, weights
 from resnet_jax.registry import list_models
 
 SOURCES = ("torchvision", "timm", "keras")
@@ -29,7 +29,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, weights.Weights | None]:
         if spec in tags:
             entry = weights.get_weights(args.model, spec)
             return weights.fetch(entry), entry
-        raise SystemExit(
+        raise ValueError(
             f"--weights={spec!r} is neither a file, a URL nor a tag of {args.model} "
             f"(tags: {', '.join(tags) or 'none'})"
         )
@@ -37,7 +37,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, weights.Weights | None]:
         entry = next((w for w in weights.list_weights() if w.url == spec), None)
         if entry is None:
             if not args.sha256:
-                raise SystemExit(f"{spec} is not a registered URL: pass its --sha256 to verify the download")
+                raise ValueError(f"{spec} is not a registered URL: pass its --sha256 to verify the download")
             entry = weights.Weights(args.model, "url", args.source, spec, args.sha256, 0, 224, 256, 0.0, 0.0)
         return weights.fetch(entry), entry
     entry = next((w for w in weights.list_weights(args.model) if w.filename == os.path.basename(spec)), None)
@@ -55,10 +55,23 @@ def _read(source: str, path: str, model: str) -> dict:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        cli.fail(f"{message} (python -m resnet_jax.convert --help lists the options)")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m resnet_jax.convert", description=__doc__.split("\n\n")[1]
-    )
+    """Runs the tool; a user error prints one ``error:`` line and exits 1 (``resnet_jax.cli``)."""
+    try:
+        _main(argv)
+    except Exception as e:
+        if not cli.is_user_error(e):
+            raise
+        cli.fail(str(e))
+
+
+def _main(argv: list[str] | None) -> None:
+    parser = _Parser(prog="python -m resnet_jax.convert", description=__doc__.split("\n\n")[1])
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("--model", required=True, help="a resnet_jax model name")
     parser.add_argument("--weights", required=True, help="a file, a URL or a registered tag")
