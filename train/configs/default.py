@@ -56,7 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.lr_boundary_epochs = ()  # the same in epochs, used when lr_boundaries is empty
     config.lr_decay_factor = 0.1
     config.num_epochs = 15.0
-    config.num_train_steps = -1  # > 0 overrides num_epochs
+    # > 0 wins over num_epochs; on the command line, --config.num_epochs clears it (train.main).
+    config.num_train_steps = -1
     config.label_smoothing = 0.0
     config.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
     config.grad_accum_steps = 1  # > 1: one optimizer update every this many batches
