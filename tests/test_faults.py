@@ -181,6 +181,7 @@ def test_a_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
     config = _config(learning_rate=1e30, warmup_epochs=0.0, lr_schedule="constant", checkpoint_every_steps=4)
     with pytest.raises(FloatingPointError, match="No checkpoint had been saved yet"):
         train_lib.train_and_evaluate(config, str(tmp_path / "nan"))
+    assert not (tmp_path / "nan").exists()  # it failed at its first log: nothing to keep
 
 
 def _cli(module, *args, cwd=REPO):

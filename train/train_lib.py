@@ -401,7 +401,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     that trained the run (a session's steps after its last checkpoint are redone by the
     next one and counted once). A finished workdir is left as it is and its summary
     returned. A workdir that this call created is removed again if the call fails before
-    writing anything into it.
+    writing a checkpoint or a metric into it.
     """
     start_time = time.time()
     _check_config(config)
@@ -416,8 +416,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
 
 def _remove_if_empty(directory: str) -> None:
-    """Removes ``directory`` when it holds folders at most: no file was written."""
-    if not any(files for _, _, files in os.walk(directory)):
+    """Removes ``directory`` when the failed run wrote nothing of use into it: no
+    checkpoint, no metrics (at most TensorBoard's empty event file)."""
+    files = [os.path.relpath(os.path.join(d, f), directory) for d, _, fs in os.walk(directory) for f in fs]
+    if all(f.startswith("tensorboard" + os.sep) for f in files):
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -591,7 +593,7 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
                 log_time = time.time()
     finally:
         batches.close()  # grain's worker processes and shared memory
-    bar.close()
+        bar.close()  # ends its line, so that an error message starts on its own
     if eval_metrics is None:  # resumed a run whose summary was not written: evaluate it
         eval_metrics = evaluate(p_eval, state, data, mesh)
         if not any(r["step"] == start_step for r in evals):
