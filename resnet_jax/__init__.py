@@ -9,7 +9,8 @@
 
 from resnet_jax import convert, xla
 from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
-from resnet_jax.registry import create_model, list_models
+from resnet_jax.pretrained import create_model
+from resnet_jax.registry import list_models
 from resnet_jax.resnet import BatchNorm, FrozenBatchNorm, ResNet
 
 __version__ = "0.1.0"

@@ -73,25 +73,15 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, weights: str | None = None, **overrides: Any) -> Any:
+def create_model(name: str, **overrides: Any) -> Any:
     """Builds the named model; ``overrides`` replace any ``ResNet`` field.
 
-    Example: ``create_model('resnet50', num_classes=10, dtype=jnp.bfloat16)``.
-
-    With ``weights`` (a tag from ``resnet_jax.weights.list_weights(name)``, e.g.
-    ``'torchvision_v1'``) it returns ``(model, variables)``: the converted weights come
-    from the local cache. On first use they are fetched, verified and converted, which
-    reads the ``.pth`` with torch (the ``convert`` extra); later loads need no torch.
+    The models only: ``resnet_jax.create_model`` (``resnet_jax.pretrained``) adds
+    ``weights=``.
 
     Raises:
       ValueError: for an unknown name (suggesting the closest ones) or an unknown field.
     """
-    if weights is not None:
-        from resnet_jax import weights as weights_lib
-
-        entry = weights_lib.get_weights(name, weights)
-        model = create_model(name, **{"num_classes": entry.num_classes, **overrides})
-        return model, weights_lib.load_pretrained(entry)
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""

@@ -1,9 +1,10 @@
 """Pretrained weights: where they live, how to check them, and how they were evaluated.
 
 The idea of torchvision's ``Weights`` enums, for JAX: each entry names its file's URL and
-hash, the preprocessing it expects and the accuracy its authors report. ``fetch`` puts the
-file in a local cache (``$RESNET_JAX_CACHE``, else ``~/.cache/resnet_jax``), verifying
-its SHA-256, with a progress bar; offline, it says where to put a file fetched elsewhere.
+hash, the preprocessing it expects and the accuracy its authors report. This module is
+the catalogue only, with the cache's location and the hash check; downloading, converting
+and caching are ``resnet_jax.pretrained``'s (``fetch``, ``load_pretrained``), which
+keeps the imports one-way: models, then this catalogue and the converters, then that.
 
 torchvision publishes only the first 8 hex digits of each file's SHA-256 (in the file
 name, which is what ``torch.hub`` checks); those entries verify that prefix.
@@ -14,9 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
-import urllib.error
-import urllib.request
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,65 +114,3 @@ def verify(path: str, expected: str) -> str:
     if not actual.startswith(expected.lower()):
         raise ValueError(f"{path}: SHA-256 {actual} does not match the expected {expected}")
     return actual
-
-
-def fetch(weights: Weights, progress: bool = True) -> str:
-    """The verified local path of ``weights``' file, downloading it into the cache once.
-
-    The download goes to a temporary file that replaces the cached one only after its
-    hash checks out, so an interrupted or corrupted download never reaches the cache.
-    """
-    directory = cache_dir()
-    path = os.path.join(directory, weights.filename)
-    if os.path.exists(path):
-        verify(path, weights.sha256)
-        return path
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=weights.filename + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            _download(weights.url, out, progress)
-        verify(tmp, weights.sha256)
-        os.replace(tmp, path)
-    except (urllib.error.URLError, OSError) as e:
-        raise RuntimeError(
-            f"could not download {weights.url} ({e}). Offline? Fetch it on a connected machine and "
-            f"pass the file (--weights=FILE), or put it at {path}."
-        ) from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def _download(url: str, out, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
-    with urllib.request.urlopen(url, timeout=30) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(
-            total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=not progress
-        ) as bar:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                out.write(chunk)
-                bar.update(len(chunk))
-
-
-def load_pretrained(weights: Weights) -> dict:
-    """``{'params', 'batch_stats'}`` of ``weights``, converted once and cached as an Orbax
-    checkpoint (``CACHE/converted/MODEL-TAG``) beside the downloaded file."""
-    from resnet_jax import convert
-
-    directory = os.path.join(cache_dir(), "converted", f"{weights.model}-{weights.tag}")
-    if os.path.exists(os.path.join(directory, "metadata.json")):
-        return convert.load(directory)[0]
-    path = fetch(weights)
-    converters = {"torchvision": convert.from_torchvision, "timm": convert.from_timm}
-    if weights.source not in converters:
-        raise ValueError(
-            f"no automatic conversion for {weights.source!r} weights; use python -m resnet_jax.convert"
-        )
-    variables = converters[weights.source](convert.load_state_dict(path), weights.model)
-    metadata = {**dataclasses.asdict(weights), "sha256_full": sha256_of(path)}
-    convert.save(variables, metadata, directory)
-    return variables

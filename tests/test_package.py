@@ -68,3 +68,71 @@ def test_summary_table_has_exact_counts_and_flops(capsys):
     with pytest.raises(SystemExit):
         main(["--table", "resnet5O"])
     assert "unknown model(s) resnet5O" in capsys.readouterr().err
+
+
+def _internal_imports(package: pathlib.Path) -> dict[str, set[str]]:
+    """``{module: modules of the package it imports}``, at any depth of its code (function-
+    level imports included): the graph that must have no cycle."""
+    import ast
+
+    def module_of(path: pathlib.Path) -> str:
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {module_of(p): p for p in package.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from resnet_jax import convert` imports the module convert when there is one.
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+                targets = [t if t in modules else node.module for t in targets]
+            else:
+                continue
+            edges |= {t for t in targets if t in modules and t != name}
+        graph[name] = edges
+    return graph
+
+
+def test_the_library_imports_one_way_and_keeps_its_files_short():
+    package = pathlib.Path(resnet_jax.__file__).parent
+    graph = _internal_imports(package)
+    # The package itself re-exports the public names: it may import anything, and nothing
+    # below may import it back.
+    graph.pop("resnet_jax")
+    assert not [m for m, edges in graph.items() if "resnet_jax" in edges]
+    done, path = set(), []
+
+    def visit(module):
+        if module in path:
+            cycle = [*path[path.index(module) :], module]
+            raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+        if module in done:
+            return
+        path.append(module)
+        for target in sorted(graph[module]):
+            visit(target)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+    # The layers, bottom to top.
+    assert not graph["resnet_jax.registry"] - {"resnet_jax.blocks", "resnet_jax.resnet"}
+    assert not graph["resnet_jax.weights"]
+    assert "resnet_jax.pretrained" not in set().union(
+        *(
+            graph[m]
+            for m in graph
+            if m.startswith("resnet_jax.convert.") and m != "resnet_jax.convert.__main__"
+        )
+    )
+    long = {
+        str(p.relative_to(package)): n
+        for p in package.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 300
+    }
+    assert not long, long

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 import resnet_jax
-from resnet_jax import weights
+from resnet_jax import pretrained, weights
 
 
 def test_registry_covers_torchvision_v1_and_v2():
@@ -48,17 +48,17 @@ def test_fetch_downloads_verifies_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path / "cache"))
     payload = b"weights" * 1000
     entry = _local_entry(tmp_path, payload, hashlib.sha256(payload).hexdigest()[:8])
-    path = weights.fetch(entry, progress=False)
+    path = pretrained.fetch(entry, progress=False)
     assert pathlib.Path(path).read_bytes() == payload and path.startswith(str(tmp_path / "cache"))
     (tmp_path / "remote" / "w-1234abcd.pth").unlink()  # the cached copy is used from now on
-    assert weights.fetch(entry, progress=False) == path
+    assert pretrained.fetch(entry, progress=False) == path
 
 
 def test_fetch_refuses_a_bad_hash_and_keeps_the_cache_clean(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path / "cache"))
     entry = _local_entry(tmp_path, b"tampered", "00000000")
     with pytest.raises(ValueError, match="does not match the expected 00000000"):
-        weights.fetch(entry, progress=False)
+        pretrained.fetch(entry, progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -68,7 +68,7 @@ def test_fetch_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
         weights.get_weights("resnet50", "torchvision_v1"), url="http://127.0.0.1:9/r.pth"
     )
     with pytest.raises(RuntimeError, match=r"Offline\? .*--weights=FILE.*cache/r\.pth"):
-        weights.fetch(entry, progress=False)
+        pretrained.fetch(entry, progress=False)
 
 
 def test_create_model_with_weights_fetches_converts_and_caches(tmp_path, monkeypatch):

@@ -112,11 +112,11 @@ def create_optimizer(
 def _load_source(path: str, model: str = "") -> tuple[dict[str, Any], str]:
     """Variables ({'params', 'batch_stats'}) from a registered weights tag of ``model``,
     a converted directory or a workdir."""
-    from resnet_jax import convert, weights
+    from resnet_jax import convert, pretrained, weights
 
     if model and not os.path.exists(path) and path in [w.tag for w in weights.list_weights(model)]:
         entry = weights.get_weights(model, path)
-        return weights.load_pretrained(entry), f"{model} {path} ({entry.url})"
+        return pretrained.load_pretrained(entry), f"{model} {path} ({entry.url})"
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.exists(os.path.join(path, "metadata.json")):
         variables, meta = convert.load(path)

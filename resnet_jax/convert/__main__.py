@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from resnet_jax import cli, convert, weights
+from resnet_jax import cli, convert, pretrained, weights
 from resnet_jax.registry import list_models
 
 SOURCES = ("torchvision", "timm", "keras")
@@ -28,7 +28,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, weights.Weights | None]:
         tags = [w.tag for w in weights.list_weights(args.model)]
         if spec in tags:
             entry = weights.get_weights(args.model, spec)
-            return weights.fetch(entry), entry
+            return pretrained.fetch(entry), entry
         raise ValueError(
             f"--weights={spec!r} is neither a file, a URL nor a tag of {args.model} "
             f"(tags: {', '.join(tags) or 'none'})"
@@ -39,7 +39,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, weights.Weights | None]:
             if not args.sha256:
                 raise ValueError(f"{spec} is not a registered URL: pass its --sha256 to verify the download")
             entry = weights.Weights(args.model, "url", args.source, spec, args.sha256, 0, 224, 256, 0.0, 0.0)
-        return weights.fetch(entry), entry
+        return pretrained.fetch(entry), entry
     entry = next((w for w in weights.list_weights(args.model) if w.filename == os.path.basename(spec)), None)
     return spec, entry
 
