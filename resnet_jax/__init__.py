@@ -7,8 +7,9 @@
 (2, 10)
 """
 
-from resnet_jax import convert, xla
+from resnet_jax import convert, nnx_bridge, xla
 from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+from resnet_jax.nnx_bridge import to_nnx
 from resnet_jax.pretrained import create_model
 from resnet_jax.registry import list_models
 from resnet_jax.resnet import BatchNorm, FrozenBatchNorm, ResNet
@@ -26,5 +27,7 @@ __all__ = [
     "convert",
     "create_model",
     "list_models",
+    "nnx_bridge",
+    "to_nnx",
     "xla",
 ]
