@@ -37,6 +37,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+from resnet_jax import workdirs
+from resnet_jax.workdirs import load_variables  # noqa: F401  (re-exported: init_from, notebooks)
+
 BEST_METRIC = "top1"
 # Config fields that change the shapes in the state, or what the saved input position
 # means (it counts batches of the train split): a resume across a change is refused.
@@ -62,37 +65,6 @@ def _describe(value: Any) -> str:
     if isinstance(value, list) and len(value) > 6:
         return f"{len(value)} items [{', '.join(map(repr, value[:3]))}, ...]"
     return repr(value)
-
-
-def _innermost_message(error: BaseException) -> str:
-    """The first line of the deepest cause: TensorStore's reason, not Orbax's wrapper."""
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
-    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return line if len(line) <= 400 else line[:400] + " ..."
-
-
-_UNREADABLE_PATHS: set[str] = set()
-
-
-def _quiet_failed_reads(step_dir: str) -> None:
-    """After a failed read, Orbax's remaining read coroutines of ``step_dir`` are collected
-    with their errors, and TensorStore's callbacks find Orbax's event loop closed: each
-    prints an unraisable traceback, thousands of lines that add nothing to the one-line
-    reason already given. Drop exactly those; any other unraisable error still prints."""
-    _UNREADABLE_PATHS.add(step_dir.rstrip(os.sep) + os.sep)
-    previous = sys.unraisablehook
-    if getattr(previous, "resnet_jax", False):
-        return
-
-    def hook(unraisable):
-        text = str(unraisable.exc_value)
-        if text == "Event loop is closed" or any(p in text for p in _UNREADABLE_PATHS):
-            return
-        previous(unraisable)
-
-    hook.resnet_jax = True
-    sys.unraisablehook = hook
 
 
 def _everywhere(ok: bool) -> bool:
@@ -215,8 +187,8 @@ class Checkpointer:
             except UnreadableCheckpointError as e:
                 problem = str(e)
             except Exception as e:  # whatever Orbax, TensorStore or grain raise
-                _quiet_failed_reads(os.path.join(self.directory, str(step)))
-                problem = _innermost_message(e)
+                workdirs.quiet_failed_reads(os.path.join(self.directory, str(step)))
+                problem = workdirs.innermost_message(e)
             if _everywhere(problem is None):
                 self._move_aside(unreadable, step)
                 run = self._read_json(step, "run", required=False) or {}
@@ -306,38 +278,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def load_variables(path: str, step: int | None = None, ema: bool = False) -> tuple[dict[str, Any], int]:
-    """``({'params', 'batch_stats'}, step)`` from a workdir or its ``checkpoints`` directory,
-    for inference or as a fine-tuning source: the newest step by default. ``ema=True``
-    takes the EMA weights (runs with ``ema_decay > 0``).
-    """
-    path = os.path.abspath(os.path.expanduser(path))
-    inner = os.path.join(path, "checkpoints")
-    directory = inner if os.path.isdir(inner) else path
-    if not os.path.isdir(directory):
-        raise ValueError(f"{path!r} is neither a workdir nor a checkpoint directory")
-    manager = ocp.CheckpointManager(directory)
-    try:
-        steps = list(manager.all_steps())
-        if not steps:
-            raise ValueError(f"no checkpoint in {directory}")
-        step = max(steps) if step is None else step
-        if step not in steps:
-            raise ValueError(f"step={step} is not saved in {directory}; saved: {sorted(steps)}")
-        try:
-            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-        except Exception as e:  # a truncated or missing file
-            _quiet_failed_reads(os.path.join(directory, str(step)))
-            others = sorted(set(steps) - {step})
-            raise ValueError(
-                f"the checkpoint at step {step} in {directory} cannot be read ({_innermost_message(e)}); "
-                f"other saved steps: {others or 'none'}"
-            ) from None
-    finally:
-        manager.close()
-    if ema and not state.get("ema_params"):
-        raise ValueError(f"the checkpoint at step {step} in {directory} holds no EMA weights")
-    params = state["ema_params"] if ema else state["params"]
-    return {"params": params, "batch_stats": state.get("batch_stats") or {}}, step

@@ -1,0 +1,96 @@
+"""Reading a training workdir (``python -m train.main``'s Orbax checkpoints) without the
+trainer: its variables, for inference, export or as a fine-tuning source, and its config.
+
+Each step of ``WORKDIR/checkpoints`` holds a ``state`` item (params, batch_stats, optimizer
+state, EMA, step) and a ``config`` item (JSON); ``train.checkpointing`` writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+def checkpoint_dir(path: str) -> str:
+    """``path``'s ``checkpoints`` directory when it is a workdir, else ``path``."""
+    path = os.path.abspath(os.path.expanduser(path))
+    inner = os.path.join(path, "checkpoints")
+    directory = inner if os.path.isdir(inner) else path
+    if not os.path.isdir(directory):
+        raise ValueError(f"{path!r} is neither a workdir nor a checkpoint directory")
+    return directory
+
+
+def saved_config(path: str, step: int) -> dict[str, Any]:
+    """The config saved with ``step`` (empty when the step has none)."""
+    file = os.path.join(checkpoint_dir(path), str(step), "config", "metadata")
+    if not os.path.exists(file):
+        return {}
+    with open(file) as f:
+        return json.load(f)
+
+
+def innermost_message(error: BaseException) -> str:
+    """The first line of the deepest cause: TensorStore's reason, not Orbax's wrapper."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line if len(line) <= 400 else line[:400] + " ..."
+
+
+_UNREADABLE_PATHS: set[str] = set()
+
+
+def quiet_failed_reads(step_dir: str) -> None:
+    """After a failed read, Orbax's remaining read coroutines of ``step_dir`` are collected
+    with their errors, and TensorStore's callbacks find Orbax's event loop closed: each
+    prints an unraisable traceback, thousands of lines that add nothing to the one-line
+    reason already given. Drop exactly those; any other unraisable error still prints."""
+    _UNREADABLE_PATHS.add(step_dir.rstrip(os.sep) + os.sep)
+    previous = sys.unraisablehook
+    if getattr(previous, "resnet_jax", False):
+        return
+
+    def hook(unraisable):
+        text = str(unraisable.exc_value)
+        if text == "Event loop is closed" or any(p in text for p in _UNREADABLE_PATHS):
+            return
+        previous(unraisable)
+
+    hook.resnet_jax = True
+    sys.unraisablehook = hook
+
+
+def load_variables(path: str, step: int | None = None, ema: bool = False) -> tuple[dict[str, Any], int]:
+    """``({'params', 'batch_stats'}, step)`` from a workdir or its ``checkpoints`` directory,
+    for inference or as a fine-tuning source: the newest step by default. ``ema=True``
+    takes the EMA weights (runs with ``ema_decay > 0``).
+    """
+    directory = checkpoint_dir(path)
+    manager = ocp.CheckpointManager(directory)
+    try:
+        steps = list(manager.all_steps())
+        if not steps:
+            raise ValueError(f"no checkpoint in {directory}")
+        step = max(steps) if step is None else step
+        if step not in steps:
+            raise ValueError(f"step={step} is not saved in {directory}; saved: {sorted(steps)}")
+        try:
+            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        except Exception as e:  # a truncated or missing file
+            quiet_failed_reads(os.path.join(directory, str(step)))
+            others = sorted(set(steps) - {step})
+            raise ValueError(
+                f"the checkpoint at step {step} in {directory} cannot be read ({innermost_message(e)}); "
+                f"other saved steps: {others or 'none'}"
+            ) from None
+    finally:
+        manager.close()
+    if ema and not state.get("ema_params"):
+        raise ValueError(f"the checkpoint at step {step} in {directory} holds no EMA weights")
+    params = state["ema_params"] if ema else state["params"]
+    return {"params": params, "batch_stats": state.get("batch_stats") or {}}, step
