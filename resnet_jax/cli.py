@@ -10,6 +10,7 @@ library is unexpected here, and its traceback is what a bug report needs.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import NoReturn
@@ -39,3 +40,10 @@ def fail(message: str) -> NoReturn:
     sys.stdout.flush()
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the same one-line form."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} ({self.prog} --help lists the options)")

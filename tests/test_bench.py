@@ -150,3 +150,13 @@ def test_accelerator_suite_refuses_an_unknown_part(capsys):
     assert (
         "unknown ['imagenet']; valid: resnet50, resnet20, parity, input, trainer" in capsys.readouterr().err
     )
+
+
+def test_export_bench_prints_size_times_and_the_difference(capsys):
+    from bench import export
+
+    export.main(["--model=resnet20", "--image-size=32", "--batch-size=2"])
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row.startswith("| resnet20 | 32x32x3 |") and "MB" in row
+    diff = float(row.split("|")[6].split()[0])
+    assert diff <= 1e-4

@@ -55,11 +55,6 @@ def _read(source: str, path: str, model: str) -> dict:
     )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        cli.fail(f"{message} (python -m resnet_jax.convert --help lists the options)")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Runs the tool; a user error prints one ``error:`` line and exits 1 (``resnet_jax.cli``)."""
     try:
@@ -71,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    parser = _Parser(prog="python -m resnet_jax.convert", description=__doc__.split("\n\n")[1])
+    parser = cli.Parser(prog="python -m resnet_jax.convert", description=__doc__.split("\n\n")[1])
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("--model", required=True, help="a resnet_jax model name")
     parser.add_argument("--weights", required=True, help="a file, a URL or a registered tag")
