@@ -8,6 +8,7 @@ state, EMA, step) and a ``config`` item (JSON); ``train.checkpointing`` writes t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -45,24 +46,36 @@ def innermost_message(error: BaseException) -> str:
 _UNREADABLE_PATHS: set[str] = set()
 
 
+def _mentions_unreadable(text: str) -> bool:
+    return text == "Event loop is closed" or any(p in text for p in _UNREADABLE_PATHS)
+
+
+class _DropFailedReads(logging.Filter):
+    """asyncio's "Task exception was never retrieved" records of those reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not _mentions_unreadable(record.getMessage() + (str(error) if error else ""))
+
+
 def quiet_failed_reads(step_dir: str) -> None:
-    """After a failed read, Orbax's remaining read coroutines of ``step_dir`` are collected
-    with their errors, and TensorStore's callbacks find Orbax's event loop closed: each
-    prints an unraisable traceback, thousands of lines that add nothing to the one-line
-    reason already given. Drop exactly those; any other unraisable error still prints."""
+    """After a failed read, Orbax's remaining read coroutines of ``step_dir`` end with their
+    errors: unraisable tracebacks when they are collected, asyncio's "never retrieved"
+    log records, and TensorStore's callbacks finding Orbax's event loop closed. Thousands
+    of lines that add nothing to the one-line reason already given: drop exactly those.
+    Any other unraisable error or asyncio record still prints."""
     _UNREADABLE_PATHS.add(step_dir.rstrip(os.sep) + os.sep)
     previous = sys.unraisablehook
     if getattr(previous, "resnet_jax", False):
         return
 
     def hook(unraisable):
-        text = str(unraisable.exc_value)
-        if text == "Event loop is closed" or any(p in text for p in _UNREADABLE_PATHS):
-            return
-        previous(unraisable)
+        if not _mentions_unreadable(str(unraisable.exc_value)):
+            previous(unraisable)
 
     hook.resnet_jax = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_DropFailedReads())
 
 
 def load_variables(path: str, step: int | None = None, ema: bool = False) -> tuple[dict[str, Any], int]:

@@ -251,3 +251,43 @@ def test_only_errors_raised_by_the_projects_own_code_lose_their_traceback():
     assert not cli.is_user_error(raised(lambda: np.reshape(np.zeros(3), (2, 2))))
     assert not cli.is_user_error(raised(lambda: json.loads("{")))
     assert not cli.is_user_error(raised(lambda: [][1]))
+
+
+def test_two_processes_agree_to_move_an_unreadable_step_aside(tmp_path):
+    import socket
+
+    def run(steps):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        flags = [
+            f"--workdir={tmp_path}", f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=2",
+            "--config.eval_every_steps=4", "--config.log_every_steps=2",
+            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "train.main", *flags, f"--process_id={i}"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+        return outs
+
+    run(4)
+    state = tmp_path / "checkpoints" / "4" / "state"
+    os.truncate(max(state.rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0), 100)
+    outs = run(6)
+    # Both processes failed to read step 4, agreed, and resumed from step 2; process 0 moved it.
+    assert "moved it to" in outs[0] and "resuming from step 2" in outs[0]
+    assert all("Traceback" not in out and "Task exception" not in out for out in outs), outs
+    assert (tmp_path / "checkpoints.unreadable" / "4" / "state").is_dir()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["sessions"] == 2
