@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import processes
 import pytest
 from PIL import Image
 
@@ -254,32 +255,10 @@ def test_only_errors_raised_by_the_projects_own_code_lose_their_traceback():
 
 
 def test_two_processes_agree_to_move_an_unreadable_step_aside(tmp_path):
-    import socket
-
     def run(steps):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        flags = [
-            f"--workdir={tmp_path}", f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=2",
-            "--config.eval_every_steps=4", "--config.log_every_steps=2",
-            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "train.main", *flags, f"--process_id={i}"],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for i in range(2)
-        ]
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-        assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-        return outs
+        flags = [f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=2"]
+        flags += ["--config.eval_every_steps=4", "--config.log_every_steps=2"]
+        return processes.run_train_main(tmp_path, *flags)
 
     run(4)
     state = tmp_path / "checkpoints" / "4" / "state"

@@ -5,13 +5,13 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
 import time
 
 import numpy as np
+import processes
 import pytest
 from flax import traverse_util
 
@@ -80,39 +80,11 @@ def test_default_command_reaches_95_percent(tmp_path):
     assert saved["model"] == "resnet20" and saved["dataset"] == "digits"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_devices_and_processes_give_the_one_device_result(tmp_path):
     one = tmp_path / "one"
     _main(one, *SHORT)
     _main(tmp_path / "eight", *SHORT, devices=8)
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "train.main",
-                f"--workdir={tmp_path / 'two_processes'}",
-                *SHORT,
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            cwd=REPO,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    outs = processes.run_train_main(tmp_path / "two_processes", *SHORT)
     assert "on 2 device(s)" in outs[0]
     reference = [r["loss"] for r in _records(one, "train")]
     assert len(reference) == 12
