@@ -484,13 +484,18 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
     batches = DevicePrefetchIterator(data.train_iterator(), mesh, config.prefetch)
     try:
         state, start_step, before = ckpt.restore(state, mesh, batches)
+        summary = _read_summary(workdir)
+        finished = start_step >= total and summary is not None and summary.get("steps") == start_step
+        if start_step > total and not finished:
+            raise ValueError(
+                f"the checkpoint in {workdir} is at step {start_step}, past this run's {total} steps "
+                f"({duration}); give the run at least {start_step} steps, or use a new --workdir"
+            )
     except BaseException:
         batches.close()
         ckpt.close()
         raise
-    summary = _read_summary(workdir)
-    if start_step >= total and summary and summary.get("steps") == start_step:
-        # Finished: nothing to train, evaluate or rewrite.
+    if finished:  # nothing to train, evaluate or rewrite
         batches.close()
         ckpt.close()
         if jax.process_index() == 0:
@@ -502,13 +507,6 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
                 flush=True,
             )
         return summary
-    if start_step > total:
-        batches.close()
-        ckpt.close()
-        raise ValueError(
-            f"the checkpoint in {workdir} is at step {start_step}, past this run's {total} steps "
-            f"({duration}); give the run at least {start_step} steps, or use a new --workdir"
-        )
     if jax.process_index() == 0:
         if start_step:
             print(f"resuming from the checkpoint at step {start_step} of {total} in {workdir}", flush=True)
