@@ -117,7 +117,11 @@ def measure_grain(config, workers: int, batches: int, warmup: int) -> dict[str, 
     start = time.perf_counter()
     data = input_pipeline.create_data(config)
     setup_s = time.perf_counter() - start
-    return {**_time(data.train_iterator(), batches, warmup), "setup_s": setup_s}
+    stream = data.train_iterator()
+    try:
+        return {**_time(stream, batches, warmup), "setup_s": setup_s}
+    finally:
+        stream.close()  # its worker processes end now, before the next measurement's start
 
 
 def _torchvision():

@@ -1,12 +1,73 @@
-"""Strict JAX settings for every test: silent rank promotion is a bug here."""
+"""Strict JAX settings for every test (silent rank promotion is a bug here), and a check
+that no test leaves a process behind."""
 
+import contextlib
 import os
+import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax
+import psutil
+import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Eager init compiles one random-normal kernel per parameter shape; the partitionable
 # threefry makes each of those compiles ~5x slower on CPU, and no test shards keys.
 jax.config.update("jax_threefry_partitionable", False)
+
+# Every process a test starts inherits this variable, naming the pytest process (an xdist
+# worker) that ran it, and keeps it when its own parent dies and it is re-parented. So a
+# process left behind is found by its environment, not by a process tree it has left.
+RUN_MARK = "RESNET_JAX_TESTS_OF"
+os.environ[RUN_MARK] = str(os.getpid())
+# How long a test's processes may take to end after it returns: a grain worker notices a
+# killed parent within 0.5 s, and a resource tracker ends once its last writer has.
+GRACE_S = float(os.environ.get("RESNET_JAX_TESTS_GRACE_S", "10"))
+
+
+def _ours() -> list[psutil.Process]:
+    """Live processes started under this pytest process, bar the ones it keeps for life."""
+    me, found = os.getpid(), []
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "status"]):
+        if proc.pid == me or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if proc.environ().get(RUN_MARK) != str(me):
+                continue
+        except (psutil.AccessDenied, psutil.NoSuchProcess, OSError):
+            continue
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        # multiprocessing's resource tracker for this process itself lives as long as it does.
+        if proc.info["ppid"] == me and "multiprocessing.resource_tracker" in cmdline:
+            continue
+        found.append(proc)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Fails the test that leaves a process running (a grain worker, a launched trainer,
+    a notebook kernel, its resource tracker), names it, and kills it."""
+    yield
+    deadline = time.monotonic() + GRACE_S
+    while (left := _ours()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not left:
+        return
+    described = {
+        p: f"pid {p.pid} (parent {p.info['ppid']}): {' '.join(p.info['cmdline'] or [])[:200]}" for p in left
+    }
+    # Trackers last: once the processes that hold their pipe are gone, they remove the
+    # shared memory those registered, which a killed tracker would leave in /dev/shm.
+    for trackers in (False, True):
+        for proc in psutil.wait_procs(left, timeout=0)[1]:
+            if ("multiprocessing.resource_tracker" in described[proc]) == trackers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+        psutil.wait_procs(left, timeout=GRACE_S / 2)
+    pytest.fail(
+        f"the test left {len(left)} process(es) running {GRACE_S:.0f}s after it ended "
+        "(now killed):\n" + "\n".join(described.values()),
+        pytrace=False,
+    )

@@ -7,8 +7,11 @@ Tests that need TensorFlow (TFDS's mock data, and preparing a TFDS dataset) are 
 import importlib
 import io
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -86,6 +89,39 @@ def test_worker_processes_yield_the_same_stream_and_resume_it(monkeypatch):
     for a, b in zip(got + got_resumed, reference + reference[3:]):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
+    workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) == 4  # 2 per iterator
+    # Closing the iterators ends their workers at once (the trainer closes its own).
+    stream.close()
+    resumed.close()
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+
+
+def test_a_worker_ends_when_its_parent_is_killed():
+    # A trainer killed with SIGKILL runs no cleanup: its grain workers must notice on their own.
+    worker = subprocess.Popen(
+        [sys.executable, "-c", EXIT_WITH_PARENT], cwd=HERE.parent, stdout=subprocess.PIPE, text=True
+    )
+    pid = int(worker.stdout.readline())
+    assert psutil.Process(pid).is_running()
+    worker.kill()
+    worker.wait()
+    assert psutil.wait_procs([psutil.Process(pid)], timeout=5)[1] == []
+
+
+# A parent that starts a child running exit_with_parent, prints the child's pid once it
+# watches, and sleeps.
+EXIT_WITH_PARENT = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", (
+    "import time; from train.input_pipeline import batching; "
+    f"batching.exit_with_parent({os.getpid()}, 0, 1, poll_s=0.05); print('watching', flush=True); "
+    "time.sleep(300)"
+)], stdout=subprocess.PIPE, text=True)
+assert child.stdout.readline().strip() == "watching"
+print(child.pid, flush=True)
+time.sleep(300)
+"""
 
 
 def test_each_process_gets_its_part_of_the_same_global_batch(monkeypatch):

@@ -20,8 +20,11 @@ last partial batch is padded and masked.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +35,26 @@ from absl import flags
 
 from train.input_pipeline import augment
 from train.input_pipeline.sources import Source, create_source
+
+
+def exit_with_parent(parent_pid: int, worker_index: int, worker_count: int, poll_s: float = 0.5) -> None:
+    """grain worker init: end this worker process soon after ``parent_pid`` is gone.
+
+    grain's workers are daemon processes, which Python ends when their parent exits
+    normally. A parent that is killed (``kill -9``, the OOM killer, a scheduler's hard
+    stop) ends nothing: its workers, blocked on a full queue, would live on with its
+    ``multiprocessing`` resource tracker and its shared memory. Here a thread watches the
+    parent; once this process has been re-parented, it exits, and the tracker, whose last
+    writer it was, then removes what the dead parent left in ``/dev/shm``.
+    """
+    del worker_index, worker_count  # the same for every worker
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)  # no cleanup to run: the parent that owned this worker's work is gone
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def jax_process_count() -> int:
@@ -187,7 +210,7 @@ class Data:
             options = grain.MultiprocessingOptions(
                 num_workers=self.config.input_workers, per_worker_buffer_size=2
             )
-            ds = ds.mp_prefetch(options)
+            ds = ds.mp_prefetch(options, worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
         return iter(ds)
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
