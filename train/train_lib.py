@@ -491,7 +491,8 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
                 f"the checkpoint in {workdir} is at step {start_step}, past this run's {total} steps "
                 f"({duration}); give the run at least {start_step} steps, or use a new --workdir"
             )
-    except BaseException:
+        writer = None if finished else MetricWriter(workdir, start_step)
+    except BaseException:  # the workers of the input stream end here, not at garbage collection
         batches.close()
         ckpt.close()
         raise
@@ -511,7 +512,6 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
         if start_step:
             print(f"resuming from the checkpoint at step {start_step} of {total} in {workdir}", flush=True)
         print(duration, flush=True)
-    writer = MetricWriter(workdir, start_step)
     p_train, p_eval = make_steps(
         mesh, config.label_smoothing, config.ema_decay, config.cpu_ynnpack, config.mean, config.std
     )
