@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tolerances
 
 import resnet_jax
 from train import train_lib
@@ -76,6 +77,8 @@ def test_ynnpack_gradients_are_as_accurate_as_xlas_own(name, overrides):
 
 
 def _run(model, ynnpack, steps=3):
+    """The trainer's jitted steps on one batch: its HLO, the state and metrics after step 1,
+    the eval loss of that state, and the train losses of ``steps`` steps."""
     mesh = train_lib.create_mesh(jax.devices()[:1])
     state = train_lib.create_train_state(model, optax.sgd(0.1, momentum=0.9), (32, 32, 3), jax.random.key(0))
     state = train_lib.replicate(state, mesh)
@@ -90,21 +93,68 @@ def _run(model, ynnpack, steps=3):
     )
     key = train_lib.replicate(jax.random.key(1), mesh)
     hlo = p_train.lower(state, batch, key).compile().as_text()
+    params = jax.device_get(state.params)
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
         state, metrics = p_train(state, batch, key)
         losses.append(float(metrics["loss"]) / float(metrics["count"]))
-    ev = p_eval(state, {**batch, "mask": train_lib.shard_batch({"m": np.ones(8, np.float32)}, mesh)["m"]})
-    return hlo, losses, float(ev["loss"])
+        if step == 0:
+            mask = train_lib.shard_batch({"m": np.ones(8, np.float32)}, mesh)["m"]
+            first = {
+                "update": jax.tree.map(np.subtract, jax.device_get(state.params), params),
+                "batch_stats": jax.device_get(state.batch_stats),
+                "eval_loss": float(p_eval(state, {**batch, "mask": mask})["loss"]) / 8,
+            }
+    return hlo, first, losses
 
 
-def test_the_trainers_steps_use_ynnpack_and_train_the_same():
+def _tree_rel_diff(a, b):
+    """|a - b| / |b| over every leaf together (Euclidean norms)."""
+    diff = np.sqrt(sum(float(np.sum((x - y) ** 2)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+    return diff / np.sqrt(sum(float(np.sum(y**2)) for y in jax.tree.leaves(b)))
+
+
+def test_the_trainers_steps_use_ynnpack_and_compute_the_same_step():
     model = resnet_jax.create_model("resnet20", num_classes=5)
-    hlo_on, losses_on, eval_on = _run(model, ynnpack=True)
-    hlo_off, losses_off, eval_off = _run(model, ynnpack=False)
+    hlo_on, on, losses_on = _run(model, ynnpack=True)
+    hlo_off, off, losses_off = _run(model, ynnpack=False)
     # The option reached XLA: more of the program runs in YNNPACK fusions.
     assert hlo_on.count("__ynn_fusion") > hlo_off.count("__ynn_fusion")
     print("losses with YNNPACK", losses_on, "without", losses_off)
-    assert losses_on[-1] < losses_on[0]  # it trains
-    np.testing.assert_allclose(losses_on, losses_off, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(eval_on, eval_off, rtol=1e-4, atol=1e-5)
+    # One step is the same computation summed in other orders: its loss, its update (the
+    # gradients, times the lr), the batch statistics and the next eval loss agree within
+    # the float32 bound for the sums involved (tests/tolerances.py).
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    x, y = jnp.zeros((8, 32, 32, 3)), jnp.zeros(8, jnp.int32)
+
+    def loss(params):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    forward, backward = (
+        tolerances.rtol(loss, variables["params"]),
+        tolerances.rtol(jax.grad(loss), variables["params"]),
+    )
+    evaluate = tolerances.rtol(lambda v: model.apply(v, x), variables)
+    checks = [
+        ("step 1 loss", abs(losses_on[0] - losses_off[0]) / abs(losses_off[0]), forward),
+        ("step 1 update", _tree_rel_diff(on["update"], off["update"]), backward),
+        ("step 1 batch stats", _tree_rel_diff(on["batch_stats"], off["batch_stats"]), forward),
+        (
+            "eval loss after step 1",
+            abs(on["eval_loss"] - off["eval_loss"]) / abs(off["eval_loss"]),
+            forward + evaluate,
+        ),
+    ]
+    for name, measured, tolerance in checks:
+        print(tolerances.report(name, measured, tolerance))
+        assert measured <= tolerance, name
+    # Later steps are not compared: each step amplifies the rounding difference of the one
+    # before (about 3x per step here; by step 3 it was 1.6e-3 on an AMD EPYC and below 1e-4
+    # on an Intel Xeon). Both train.
+    assert losses_on[-1] < losses_on[0] and losses_off[-1] < losses_off[0]
