@@ -32,11 +32,7 @@ SHORT = [
 
 
 def _env(devices=1):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["PYTHONPATH"] = str(REPO)
-    return env
+    return {**os.environ, "XLA_FLAGS": processes.xla_flags(devices), "PYTHONPATH": str(REPO)}
 
 
 def _main(workdir, *flags, devices=1, check=True, **kwargs):
@@ -80,7 +76,39 @@ def test_default_command_reaches_95_percent(tmp_path):
     assert saved["model"] == "resnet20" and saved["dataset"] == "digits"
 
 
+def _digits_tolerances():
+    """tests/tolerances.py's bounds for the digits runs of SHORT: the first train step's loss
+    (ResNet-20, batch 64 of 8x8x1, train-mode BatchNorm) and an evaluation of the 360 test
+    images (eval mode, batches of 64, summed over the split)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import tolerances
+
+    import resnet_jax
+
+    model = resnet_jax.create_model("resnet20", num_classes=10, in_channels=1)
+    x, y = jnp.zeros((64, 8, 8, 1)), jnp.zeros(64, jnp.int32)
+    variables = model.init(jax.random.key(0), x[:1])
+
+    def loss(params):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    split_sum = 2 * tolerances.LAMBDA * tolerances.U * np.sqrt(360)
+    return tolerances.rtol(loss, variables["params"]), tolerances.rtol(
+        lambda v: model.apply(v, x), variables
+    ) + split_sum
+
+
 def test_devices_and_processes_give_the_one_device_result(tmp_path):
+    import tolerances
+
     one = tmp_path / "one"
     _main(one, *SHORT)
     _main(tmp_path / "eight", *SHORT, devices=8)
@@ -88,17 +116,24 @@ def test_devices_and_processes_give_the_one_device_result(tmp_path):
     assert "on 2 device(s)" in outs[0]
     reference = [r["loss"] for r in _records(one, "train")]
     assert len(reference) == 12
+    step_tol, eval_tol = _digits_tolerances()
     for name in ("eight", "two_processes"):
         losses = [r["loss"] for r in _records(tmp_path / name, "train")]
-        # Global-batch BatchNorm: the sharded programs compute the 1-device losses. Per-device
-        # statistics would change even the first step's loss by far more than 1e-5. Rounding
-        # differs between the programs, and training amplifies it: by step 12 the losses
-        # have drifted apart by up to ~2e-3 (uint8 batches normalised on the devices).
-        np.testing.assert_allclose(losses[:8], reference[:8], rtol=1e-5, err_msg=name)
-        np.testing.assert_allclose(losses, reference, rtol=1e-2, err_msg=name)
-        np.testing.assert_allclose(
-            _summary(tmp_path / name)["final"]["loss"], _summary(one)["final"]["loss"], rtol=1e-2
-        )
+        final, final_one = _summary(tmp_path / name)["final"], _summary(one)["final"]
+        print(f"\n{name}: train losses {losses}\n1 device: {reference}\nfinal {final}\n1 device: {final_one}")
+        # Global-batch BatchNorm: the first step (the initial weights on the first global
+        # batch) is the 1-device step, up to the rounding of other summation orders
+        # (test_train_lib.py checks that per-device statistics fall far outside that bound).
+        measured = abs(losses[0] - reference[0]) / reference[0]
+        print(tolerances.report(f"{name}, step 1 train loss", measured, step_tol))
+        assert measured <= step_tol, name
+        # Each later step amplifies the rounding difference of the steps before, so the
+        # runs are compared by what they reach, not step by step: the same final eval loss
+        # within 2% and top-1 within 3 of the 360 images. Rounding moved them by < 1e-6 on
+        # the 2-core EPYC; seeds 1 and 2 instead of 0 moved the loss by 3.5% and 4.5% and
+        # the top-1 by 41 and 24 images (1.930 / 42.2%, 1.997 / 30.8%, 2.016 / 35.6%).
+        assert abs(final["loss"] - final_one["loss"]) <= 0.02 * final_one["loss"], name
+        assert abs(final["top1"] - final_one["top1"]) <= 3 / 360, name
     assert _summary(tmp_path / "eight")["devices"] == 8
     eight_final = _summary(tmp_path / "eight")["final"]["loss"]
     # A checkpoint written on 8 devices restores on 1. Without its summary (as when a run is
@@ -109,7 +144,10 @@ def test_devices_and_processes_give_the_one_device_result(tmp_path):
     assert "resuming from the checkpoint at step 12 of 12" in proc.stdout
     restored = _summary(tmp_path / "eight")
     assert restored["devices"] == 1
-    np.testing.assert_allclose(restored["final"]["loss"], eight_final, rtol=1e-5)
+    # One evaluation of the same weights on 1 device instead of 8: equal up to rounding.
+    measured = abs(restored["final"]["loss"] - eight_final) / eight_final
+    print(tolerances.report("eval of the 8-device checkpoint on 1 device", measured, eval_tol))
+    assert measured <= eval_tol
     # The input stream's grain state is per process: 2 processes' checkpoint does not
     # resume in 1, and says so before touching anything.
     before = sorted(p.name for p in (tmp_path / "two_processes" / "checkpoints").iterdir())
