@@ -136,3 +136,27 @@ def test_the_library_imports_one_way_and_keeps_its_files_short():
         if (n := len(p.read_text().splitlines())) > 300
     }
     assert not long, long
+
+
+def test_ci_constraints_pin_every_requirement_within_the_users_ranges():
+    # .ci/constraints.txt fixes the versions CI installs; pyproject.toml's ranges are what
+    # users get. Each pin must lie inside its range, or CI would test a set no user can have.
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    pins = {}
+    for line in (root / ".ci" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"].values()
+    requirements = [*project["dependencies"], *(r for extra in extras for r in extra)]
+    for text in requirements:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not pinned in .ci/constraints.txt"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (text, pins[name])
