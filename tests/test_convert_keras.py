@@ -7,6 +7,7 @@ import jax
 import keras
 import numpy as np
 import pytest
+import tolerances
 
 import resnet_jax
 from resnet_jax.convert import from_keras, keras_weights
@@ -65,7 +66,9 @@ def test_logits_match_keras(keras_pair):
     got = np.asarray(ours.apply(variables, x, train=False))
     print(f"{name} vs Keras: max |logit diff| = {np.abs(got - expected).max():.2e}")
     assert np.abs(expected).max() > 0.1  # a non-degenerate comparison
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    # Keras (on JAX, op by op) and our jitted Linen model: other summation orders.
+    tolerance = tolerances.rtol(lambda v: ours.apply(v, x, train=False), variables)
+    tolerances.assert_close(name, got, expected, tolerance)
 
 
 def test_the_keras_specific_fields_matter(keras_pair):
@@ -76,10 +79,13 @@ def test_the_keras_specific_fields_matter(keras_pair):
     variables = from_keras(keras_model, name)
     other = resnet_jax.create_model(name, num_classes=7, **{**overrides, **wrong})
     diff = np.abs(np.asarray(other.apply(variables, x)) - _keras_logits(keras_model, x)).max()
-    # Ten times the parity tolerance. With Keras's unseeded init the V2 gap ranged from
-    # 0.007 to 0.03; with seed 0 it is 0.026 (ResNet50: 0.37).
-    print(f"{name} with {wrong}: max |logit diff| = {diff:.2e}")
-    assert diff > 1e-3
+    # Outside the parity bound that test_logits_match_keras holds to. With seed 0 the V2 gap
+    # is 0.026, 10x that bound (ResNet50: 0.37, 140x); with Keras's unseeded init it ranged
+    # from 0.007 to 0.03.
+    scale = np.abs(_keras_logits(keras_model, x)).max()
+    tolerance = tolerances.rtol(lambda v: other.apply(v, x), variables) * scale
+    print(f"{name} with {wrong}: max |logit diff| {diff:.2e}, the parity tolerance {tolerance:.2e}")
+    assert diff > tolerance
 
 
 def test_shape_mismatch_names_path_and_shapes(keras_pair):

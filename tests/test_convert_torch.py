@@ -11,6 +11,7 @@ import types
 import jax
 import numpy as np
 import pytest
+import tolerances
 
 from resnet_jax import convert, create_model, weights
 
@@ -53,7 +54,8 @@ def _compare(torch_model, variables, name, size=64, num_classes=7):
     with torch.no_grad():
         expected = torch_model(torch.from_numpy(x)).numpy()
     model = create_model(name, num_classes=num_classes)
-    got = np.asarray(jax.jit(model.apply)(variables, x.transpose(0, 2, 3, 1)))
+    x_nhwc = x.transpose(0, 2, 3, 1)
+    got = np.asarray(jax.jit(model.apply)(variables, x_nhwc))
     diff = np.abs(got - expected).max()
     spread = np.abs(expected[0] - expected[1]).max()  # how much the logits depend on the input
     print(
@@ -61,7 +63,8 @@ def _compare(torch_model, variables, name, size=64, num_classes=7):
         f"input-to-input spread {spread:.2e})"
     )
     assert spread > 0.1
-    assert diff <= 1e-4
+    # PyTorch and XLA compute the same float32 network with other summation orders.
+    tolerances.assert_close(name, got, expected, tolerances.rtol(lambda v: model.apply(v, x_nhwc), variables))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])

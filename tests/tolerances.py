@@ -72,3 +72,13 @@ def report(name: str, measured: float, tolerance: float) -> str:
     """One line for the test's output: the difference, the bound, and the headroom."""
     margin = tolerance / measured if measured > 0 else math.inf
     return f"{name}: measured {measured:.2e}, tolerance {tolerance:.2e}, margin x{margin:.0f}"
+
+
+def assert_close(name: str, got, expected, tolerance: float) -> None:
+    """Asserts max |got - expected| <= ``tolerance`` x max |expected| (the bounds are
+    relative to the scale of the values, as the rounding of their sums is), printing the
+    margin."""
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    measured = float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
+    print(report(name, measured, tolerance))
+    assert measured <= tolerance, report(name, measured, tolerance)
