@@ -79,6 +79,7 @@ def assert_close(name: str, got, expected, tolerance: float) -> None:
     relative to the scale of the values, as the rounding of their sums is), printing the
     margin."""
     got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    assert np.max(np.abs(expected)) > 0, f"{name}: a comparison of zeros shows nothing"
     measured = float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
     print(report(name, measured, tolerance))
     assert measured <= tolerance, report(name, measured, tolerance)
