@@ -87,6 +87,7 @@ def test_head_multiplier_and_layer_decay():
     tx = finetune.create_optimizer(config, optax.constant_schedule(0.1), params, train_lib.create_optimizer)
     updates, _ = tx.update(grads, tx.init(params), params)
     # head: 0.1 * 10; stage3: 0.1 * 0.5; stem: 0.1 * 0.5**4 (stem, stage1..3, head).
+    # A few float32 products each (pytest.approx: 1e-6 relative, ~16 roundings of u = 6e-8).
     assert float(updates["head"]["bias"][0]) == pytest.approx(-1.0)
     assert float(updates["stage3_block1"]["conv1"]["kernel"].ravel()[0]) == pytest.approx(-0.05)
     assert float(updates["stem_conv"]["kernel"].ravel()[0]) == pytest.approx(-0.1 * 0.5**4)

@@ -158,6 +158,8 @@ def test_devices_and_processes_give_the_one_device_result(tmp_path):
 
 
 def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
+    # Bitwise, not a tolerance: both runs execute the same compiled programs on the same
+    # CPU with the same inputs, and XLA's CPU programs are deterministic run to run.
     # The input stream comes back from grain's iterator state in the Orbax checkpoint (here
     # with a grain worker process, whose position is part of that state); the resumed run
     # must end with the uninterrupted run's parameters, bit for bit.

@@ -47,13 +47,6 @@ def _gradients(model, params, stats, x, y, options):
     return jax.jit(jax.grad(loss), compiler_options=options)(params)
 
 
-def _worst_relative_error(grads, reference):
-    return max(
-        float(np.max(np.abs(g - r)) / np.max(np.abs(r)))
-        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(reference))
-    )
-
-
 @pytest.mark.parametrize("name, overrides", MODELS)
 def test_ynnpack_gradients_are_as_accurate_as_xlas_own(name, overrides):
     # Against a float64 model, the float32 gradients with YNNPACK kernels are as close
@@ -71,9 +64,17 @@ def test_ynnpack_gradients_are_as_accurate_as_xlas_own(name, overrides):
     with jax.enable_x64():
         to64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)  # noqa: E731
         reference = jax.device_get(_gradients(model64, to64(params), to64(stats), jnp.asarray(x), y, {}))
-    err_on, err_off = _worst_relative_error(on, reference), _worst_relative_error(off, reference)
-    print(f"{name}: worst relative gradient error vs float64: YNNPACK {err_on:.1e}, XLA {err_off:.1e}")
-    assert err_on <= max(4 * err_off, 1e-5)
+    # Each float32 program is within half the two-program bound of the exact gradient
+    # (tests/tolerances.py), float64 standing in for exact. The bound is relative to the
+    # scale of the sums, so it is checked on all gradients together: a single leaf can be
+    # near 0 by cancellation (a weight whose BatchNorm makes the loss nearly invariant to
+    # it), and its own relative error is then large in either program (1.5e-2 for XLA's
+    # worst resnet20 leaf, 9.5e-3 for YNNPACK's).
+    err_on, err_off = _tree_rel_diff(on, reference), _tree_rel_diff(off, reference)
+    bound = tolerances.rtol(lambda p: _gradients(model, p, stats, x32, y, {}), params) / 2
+    print(tolerances.report(f"{name} gradients, YNNPACK vs float64", err_on, bound))
+    print(tolerances.report(f"{name} gradients, XLA vs float64", err_off, bound))
+    assert err_on <= bound and err_off <= bound
 
 
 def _run(model, ynnpack, steps=3):
