@@ -80,30 +80,15 @@ def _digits_tolerances():
     """tests/tolerances.py's bounds for the digits runs of SHORT: the first train step's loss
     (ResNet-20, batch 64 of 8x8x1, train-mode BatchNorm) and an evaluation of the 360 test
     images (eval mode, batches of 64, summed over the split)."""
-    import jax
     import jax.numpy as jnp
-    import optax
     import tolerances
 
     import resnet_jax
 
     model = resnet_jax.create_model("resnet20", num_classes=10, in_channels=1)
-    x, y = jnp.zeros((64, 8, 8, 1)), jnp.zeros(64, jnp.int32)
-    variables = model.init(jax.random.key(0), x[:1])
-
-    def loss(params):
-        logits, _ = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    split_sum = 2 * tolerances.LAMBDA * tolerances.U * np.sqrt(360)
-    return tolerances.rtol(loss, variables["params"]), tolerances.rtol(
-        lambda v: model.apply(v, x), variables
-    ) + split_sum
+    forward, _, evaluate = tolerances.step_bounds(model, jnp.zeros((64, 8, 8, 1)))
+    split_sum = 2 * tolerances.LAMBDA * tolerances.U * np.sqrt(360)  # the loss summed over the split
+    return forward, evaluate + split_sum
 
 
 def test_devices_and_processes_give_the_one_device_result(tmp_path):

@@ -189,10 +189,7 @@ def test_uint8_batches_train_as_their_normalised_floats():
         results.append((float(metrics["loss"]), float(evaluation["loss"])))
     # The images differ by the rounding of the normalisation (float32 on the device, float64
     # then float32 on the host), then one step and one eval: the float32 bounds of those.
-    x = jnp.zeros((4, 8, 8, 3))
-    variables = model.init(jax.random.key(0), x)
-    forward = tolerances.rtol(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), variables)
-    evaluate = tolerances.rtol(lambda v: model.apply(v, x), variables)
+    forward, _, evaluate = tolerances.step_bounds(model, jnp.zeros((4, 8, 8, 3)))
     print(tolerances.report("step loss", abs(results[0][0] - results[1][0]) / results[1][0], forward))
     np.testing.assert_allclose(results[0], results[1], rtol=forward + evaluate)
 
@@ -243,8 +240,7 @@ _EIGHT_DEVICES = textwrap.dedent(
         logits, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
                                 mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    forward, backward = tolerances.rtol(loss, v["params"]), tolerances.rtol(jax.grad(loss), v["params"])
-    evaluate = tolerances.rtol(lambda v: model.apply(v, x), v)
+    forward, backward, evaluate = tolerances.step_bounds(model, x)
     # What a bug would give: BatchNorm over each device's 2 examples instead of all 16.
     per_device = float(jnp.mean(jax.vmap(loss, in_axes=(None, 0, 0))(
         v["params"], x.reshape(8, 2, 8, 8, 3), y.reshape(8, 2))))

@@ -125,23 +125,7 @@ def test_the_trainers_steps_use_ynnpack_and_compute_the_same_step():
     # One step is the same computation summed in other orders: its loss, its update (the
     # gradients, times the lr), the batch statistics and the next eval loss agree within
     # the float32 bound for the sums involved (tests/tolerances.py).
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    x, y = jnp.zeros((8, 32, 32, 3)), jnp.zeros(8, jnp.int32)
-
-    def loss(params):
-        logits, _ = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    forward, backward = (
-        tolerances.rtol(loss, variables["params"]),
-        tolerances.rtol(jax.grad(loss), variables["params"]),
-    )
-    evaluate = tolerances.rtol(lambda v: model.apply(v, x), variables)
+    forward, backward, evaluate = tolerances.step_bounds(model, jnp.zeros((8, 32, 32, 3)))
     checks = [
         ("step 1 loss", abs(losses_on[0] - losses_off[0]) / abs(losses_off[0]), forward),
         ("step 1 update", _tree_rel_diff(on["update"], off["update"]), backward),

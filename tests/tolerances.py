@@ -83,3 +83,22 @@ def assert_close(name: str, got, expected, tolerance: float) -> None:
     measured = float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
     print(report(name, measured, tolerance))
     assert measured <= tolerance, report(name, measured, tolerance)
+
+
+def step_bounds(model, x) -> tuple[float, float, float]:
+    """``rtol`` of one training step of ``model`` on a batch shaped like ``x``: its
+    train-mode loss, the loss's gradients, and an eval-mode forward pass."""
+    import optax
+
+    variables = model.init(jax.random.key(0), x[:1])
+    labels = np.zeros(x.shape[0], np.int32)
+
+    def loss(params):
+        stats = variables["batch_stats"]
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    params = variables["params"]
+    return rtol(loss, params), rtol(jax.grad(loss), params), rtol(lambda v: model.apply(v, x), variables)
