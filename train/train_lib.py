@@ -1,10 +1,11 @@
-"""Train state, loss, optimizer, schedules, the sharded train/eval steps, and the loop.
+"""The training loop: config checks, data, state, resume, train, evaluate, checkpoint.
 
-Everything but the loop is a small pure function of the config. Data parallelism is
-``jax.jit`` over a one-axis ``Mesh`` of every device (``train.mesh``): the batch is split
-on the ``'data'`` axis, the state is replicated and donated. Because the model sees the
-global batch as one array, BatchNorm statistics are computed over the global batch, so N
-devices reproduce one device's result.
+Its pieces are small pure functions of the config, in their own files and re-exported
+here: the optimizer and schedule (``train.optim``), the state and the sharded steps
+(``train.steps``), the mesh (``train.mesh``). Data parallelism is ``jax.jit`` over a
+one-axis ``Mesh`` of every device: the batch is split on the ``'data'`` axis, the state
+is replicated and donated, and BatchNorm statistics are computed over the global batch,
+so N devices reproduce one device's result.
 """
 
 from __future__ import annotations
@@ -17,17 +18,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import traverse_util
-from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 import resnet_jax
 from train.mesh import (  # noqa: F401  (re-exported: the trainer's public pieces)
@@ -40,69 +37,28 @@ from train.mesh import (  # noqa: F401  (re-exported: the trainer's public piece
     shard_batch,
 )
 from train.metric_writer import MetricWriter
+from train.optim import (  # noqa: F401  (re-exported)
+    OPTIMIZERS,
+    SCHEDULES,
+    _choice,
+    create_learning_rate_fn,
+    create_optimizer,
+    decay_mask,
+    total_steps,
+)
+from train.steps import (  # noqa: F401  (re-exported)
+    Batch,
+    TrainState,
+    compute_metrics,
+    create_train_state,
+    cross_entropy_loss,
+    eval_step,
+    make_steps,
+    normalize_images,
+    train_step,
+)
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lars", "lamb")
-SCHEDULES = ("cosine", "piecewise", "constant")
 DTYPES = ("float32", "bfloat16")
-
-Batch = Mapping[str, jax.Array]
-
-
-class TrainState(train_state.TrainState):
-    """Flax's TrainState plus the BatchNorm running statistics and an optional weight EMA."""
-
-    batch_stats: Any = None
-    ema_params: Any = None
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(choices)}")
-    return value
-
-
-def create_learning_rate_fn(config: Any, steps_per_epoch: int) -> optax.Schedule:
-    """Linear warmup from 0, then cosine, piecewise-constant or constant.
-
-    Config fields: ``learning_rate``, ``warmup_epochs``, ``lr_schedule``, ``num_epochs``
-    (or ``num_train_steps`` when > 0), ``lr_boundaries`` (steps, for ``piecewise``; or
-    ``lr_boundary_epochs`` when that is empty) and ``lr_decay_factor`` (the factor applied
-    at each boundary). With ``lr_base_batch_size`` > 0 the peak is
-    ``learning_rate * batch_size / lr_base_batch_size``: the linear scaling rule of
-    Goyal et al. 2017 (0.1 per 256 images for ResNet-50 on ImageNet).
-    """
-    schedule = _choice("lr_schedule", config.lr_schedule, SCHEDULES)
-    total = total_steps(config, steps_per_epoch)
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-    base = config.learning_rate
-    if getattr(config, "lr_base_batch_size", 0) > 0:
-        base = base * config.batch_size / config.lr_base_batch_size
-    boundaries = tuple(config.lr_boundaries) or tuple(
-        int(e * steps_per_epoch) for e in getattr(config, "lr_boundary_epochs", ())
-    )
-    if schedule == "cosine":
-        main = optax.cosine_decay_schedule(base, decay_steps=max(total - warmup, 1))
-    elif schedule == "piecewise":
-        # Boundaries count from step 0 of training, as in He et al. (32k and 48k iterations).
-        main = optax.piecewise_constant_schedule(
-            base, {int(b) - warmup: config.lr_decay_factor for b in boundaries}
-        )
-    else:
-        main = optax.constant_schedule(base)
-    if warmup == 0:
-        return main
-    return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
-
-
-def total_steps(config: Any, steps_per_epoch: int) -> int:
-    """``num_train_steps`` when > 0, else ``num_epochs`` epochs (rounded down to whole steps).
-
-    On the command line, ``--config.num_epochs`` clears a config file's ``num_train_steps``
-    (``train.main.apply_duration_rule``), so the length asked for is the length trained.
-    """
-    if config.num_train_steps > 0:
-        return int(config.num_train_steps)
-    return int(config.num_epochs * steps_per_epoch)
 
 
 def _duration(config: Any, steps_per_epoch: int, num_train: int) -> tuple[int, str]:
@@ -122,205 +78,6 @@ def _duration(config: Any, steps_per_epoch: int, num_train: int) -> tuple[int, s
         f"{total} steps of batch {config.batch_size} ({field}): {total / steps_per_epoch:.4g} epochs "
         f"of {num_train} train images"
     )
-
-
-def decay_mask(params: Any) -> Any:
-    """True for conv and dense kernels; False for BatchNorm scales/offsets and all biases.
-
-    Decaying a BN scale towards zero fights the normalisation, and decaying biases gains
-    nothing (Goyal et al. 2017 §5.1; the "no bias decay" of He et al. 2019).
-    """
-    flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({k: k[-1] == "kernel" for k in flat})
-
-
-def create_optimizer(config: Any, learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
-    """The optimizer named by ``config.optimizer``, with masked weight decay.
-
-    Optional: gradient clipping by global norm (``grad_clip_norm`` > 0) and gradient
-    accumulation over ``grad_accum_steps`` micro-batches (optax.MultiSteps).
-    """
-    name = _choice("optimizer", config.optimizer, OPTIMIZERS)
-    wd, lr, momentum = config.weight_decay, learning_rate_fn, config.momentum
-    k = config.grad_accum_steps
-    if k > 1:
-        # The schedule is written in train steps (micro-batches); the inner optimizer
-        # counts updates, one per k micro-batches.
-        lr = lambda count: learning_rate_fn(count * k)  # noqa: E731
-    if name in ("sgd", "nesterov"):
-        # Decay added to the gradient before momentum: PyTorch's SGD(weight_decay=...).
-        tx = optax.chain(
-            optax.add_decayed_weights(wd, mask=decay_mask),
-            optax.sgd(lr, momentum=momentum or None, nesterov=name == "nesterov"),
-        )
-    elif name == "adam":
-        tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask), optax.adam(lr))
-    elif name == "adamw":
-        tx = optax.adamw(lr, weight_decay=wd, mask=decay_mask)
-    elif name == "lars":
-        tx = optax.lars(
-            lr, weight_decay=wd, weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask, momentum=momentum
-        )
-    else:
-        tx = optax.lamb(lr, weight_decay=wd, mask=decay_mask)
-    if config.grad_clip_norm > 0:
-        tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
-    if config.grad_accum_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
-    return tx
-
-
-def create_train_state(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    image_shape: tuple[int, ...],
-    rng: jax.Array,
-    ema: bool = False,
-) -> TrainState:
-    """Initialises the model for ``image_shape`` (H, W, C) and wraps it with ``tx``.
-
-    With ``ema`` the state also carries a copy of the params to average into.
-    """
-    x = jnp.zeros((1, *image_shape), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))(rng, x)
-    params = variables["params"]
-    return TrainState.create(
-        apply_fn=model.apply,
-        params=params,
-        tx=tx,
-        batch_stats=variables.get("batch_stats"),
-        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
-    )
-
-
-def cross_entropy_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy, (B, K) float logits, (B,) int labels -> (B,)."""
-    targets = jax.nn.one_hot(labels, logits.shape[-1])
-    if label_smoothing > 0:
-        targets = optax.smooth_labels(targets, label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
-
-
-def compute_metrics(
-    logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
-) -> dict[str, jax.Array]:
-    """Sums of loss, top-1 and top-5 hits over the real (mask == 1) examples, and their count.
-
-    Sums rather than means, so that padded eval batches add up exactly over a split.
-    """
-    mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-    loss = cross_entropy_loss(logits, labels)
-    k = min(5, logits.shape[-1])
-    topk = jax.lax.top_k(logits, k)[1]
-    top1 = topk[:, 0] == labels
-    top5 = jnp.any(topk == labels[:, None], axis=-1)
-    return {
-        "loss": jnp.sum(loss * mask),
-        "top1": jnp.sum(top1 * mask),
-        "top5": jnp.sum(top5 * mask),
-        "count": jnp.sum(mask),
-    }
-
-
-def normalize_images(
-    images: jax.Array, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)
-) -> jax.Array:
-    """uint8 images, as the input pipeline yields them -> float32 ``(x / 255 - mean) / std``
-    per channel. Images of any other dtype are taken to be model inputs already.
-    """
-    if images.dtype != jnp.uint8:
-        return images
-    # One multiply and one add per pixel, with the constants computed once on the host.
-    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-    per_channel = (1,) * (images.ndim - 1) + (-1,)  # broadcast explicitly: no rank promotion
-    scale = jnp.asarray((1.0 / (255.0 * std)).astype(np.float32).reshape(per_channel))
-    offset = jnp.asarray((-mean / std).astype(np.float32).reshape(per_channel))
-    return images.astype(jnp.float32) * scale + offset
-
-
-def train_step(
-    state: TrainState,
-    batch: Batch,
-    rng: jax.Array,
-    label_smoothing: float = 0.0,
-    ema_decay: float = 0.0,
-    mean: Sequence[float] = (0.0,),
-    std: Sequence[float] = (1.0,),
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on ``batch`` (``image`` (B, H, W, C), ``label`` (B,)); uint8
-    images are normalised with ``mean`` and ``std`` first (``normalize_images``).
-
-    With ``ema_decay`` > 0, ``ema_params`` moves towards the new params by ``1 - ema_decay``.
-    Returns the new state and the batch's metric sums (see ``compute_metrics``).
-    """
-    dropout_rng = jax.random.fold_in(rng, state.step)
-
-    def loss_fn(params):
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            normalize_images(batch["image"], mean, std),
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": dropout_rng},
-        )
-        loss = jnp.mean(cross_entropy_loss(logits, batch["label"], label_smoothing))
-        return loss, (logits, updates["batch_stats"])
-
-    (_, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if ema_decay > 0:
-        ema = optax.incremental_update(new_state.params, state.ema_params, step_size=1.0 - ema_decay)
-        new_state = new_state.replace(ema_params=ema)
-    return new_state, compute_metrics(logits, batch["label"])
-
-
-def eval_step(
-    state: TrainState, batch: Batch, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)
-) -> dict[str, jax.Array]:
-    """Metric sums over a batch; ``batch['mask']`` (B,) marks padding with 0. uint8 images
-    are normalised as in ``train_step``.
-
-    Evaluates the EMA weights when the state keeps them.
-    """
-    params = state.params if state.ema_params is None else state.ema_params
-    variables = {"params": params, "batch_stats": state.batch_stats}
-    logits = state.apply_fn(variables, normalize_images(batch["image"], mean, std), train=False)
-    return compute_metrics(logits, batch["label"], batch.get("mask"))
-
-
-def make_steps(
-    mesh: Mesh,
-    label_smoothing: float = 0.0,
-    ema_decay: float = 0.0,
-    ynnpack: bool = True,
-    mean: Sequence[float] = (0.0,),
-    std: Sequence[float] = (1.0,),
-) -> tuple[Callable[..., tuple[TrainState, dict[str, jax.Array]]], Callable[..., dict[str, jax.Array]]]:
-    """The jitted train and eval steps for ``mesh``: replicated, donated state; sharded data;
-    uint8 images normalised on the devices with ``mean`` and ``std``.
-
-    On CPUs they are compiled with ``resnet_jax.xla.compiler_options()`` (XLA's YNNPACK
-    kernels) unless ``ynnpack`` is False.
-    """
-    replicated = NamedSharding(mesh, PartitionSpec())
-    data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    options = resnet_jax.xla.compiler_options(mesh.devices.flat[0].platform, ynnpack)
-    p_train = jax.jit(
-        functools.partial(
-            train_step, label_smoothing=label_smoothing, ema_decay=ema_decay, mean=tuple(mean), std=tuple(std)
-        ),
-        in_shardings=(replicated, data, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-        compiler_options=options,
-    )
-    p_eval = jax.jit(
-        functools.partial(eval_step, mean=tuple(mean), std=tuple(std)),
-        in_shardings=(replicated, data),
-        out_shardings=replicated,
-        compiler_options=options,
-    )
-    return p_train, p_eval
 
 
 # ---------------------------------------------------------------------------------------
@@ -346,7 +103,7 @@ def _check_config(config: Any) -> None:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("lr_schedule", config.lr_schedule, SCHEDULES)
     _choice("dtype", config.dtype, DTYPES)
-    _choice("augment", config.augment, augment.AUGMENTATIONS)
+    augment.check_augmentation(config)
     if config.model not in resnet_jax.list_models():
         resnet_jax.create_model(config.model)  # raises, with close-name suggestions
     for field in ("batch_size", "log_every_steps", "grad_accum_steps", "keep_checkpoints"):
