@@ -170,3 +170,32 @@ def test_inception_crop_falls_back_to_a_centre_crop_of_extreme_images():
     assert augment.inception_crop_window(100, 100, np.random.default_rng(0), area_range=(2.0, 2.0)) == (
         0, 0, 100, 100,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_train_crop_and_eval_resize_equal_torchvisions(interpolation):
+    """The V2 recipe's sizes: RandomResizedCrop(176) for training, Resize(232) +
+    CenterCrop(224) for evaluation, bilinear or bicubic, pixel for pixel (both run PIL)."""
+    transforms = _torchvision_transforms()
+    functional = transforms.functional
+    mode = getattr(transforms.InterpolationMode, interpolation.upper())
+    rng = np.random.default_rng(0)
+    for h, w in ((375, 500), (500, 333), (301, 457), (200, 150)):
+        image = np.asarray(Image.fromarray(_image(h // 10, w // 10, seed=h)).resize((w, h), Image.BICUBIC))
+        top, left, ch, cw = augment.inception_crop_window(h, w, rng)
+        ours = augment.resize(image, (176, 176), True, box=(top, left, ch, cw), interpolation=interpolation)
+        theirs = functional.resized_crop(Image.fromarray(image), top, left, ch, cw, [176, 176], mode)
+        np.testing.assert_array_equal(ours, np.asarray(theirs))
+        for size, resize_size in ((224, 232), (224, 0), (176, 200)):
+            ours = augment.resize_and_center_crop(image, size, resize_size, interpolation)
+            reference = transforms.Compose(
+                [transforms.Resize(resize_size or int(size / 0.875), mode), transforms.CenterCrop(size)]
+            )(Image.fromarray(image))
+            what = f"{h}x{w}, crop {size}, resize {resize_size}"
+            np.testing.assert_array_equal(ours, np.asarray(reference), err_msg=what)
+    # A resize below the crop size pads with zeros, as CenterCrop does.
+    small = augment.resize_and_center_crop(_image(20, 30), 32, 24, interpolation)
+    reference = transforms.Compose([transforms.Resize(24, mode), transforms.CenterCrop(32)])(
+        Image.fromarray(_image(20, 30))
+    )
+    np.testing.assert_array_equal(small, np.asarray(reference))

@@ -4,6 +4,7 @@ iterator state), per-process sharding, worker processes, and exact-once eval.
 Tests that need TensorFlow (TFDS's mock data, and preparing a TFDS dataset) are marked
 ``prepare``: they belong to the optional preparation extra and skip without it."""
 
+import collections
 import importlib
 import io
 import pathlib
@@ -181,8 +182,24 @@ def test_validation_split_holds_out_the_end_of_train():
 def test_bad_values_name_the_choices():
     with pytest.raises(ValueError, match=r"no split 'valid'; valid: train, test"):
         input_pipeline.create_data(_config(eval_split="valid"))
-    with pytest.raises(ValueError, match=r"unknown augment 'autoaugment'; valid: none, cifar, imagenet"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown augment 'autoaugment'; valid: none, cifar, imagenet \('autoaugment' is a "
+        r"policy that follows the crop: set --config.auto_augment=autoaugment",
+    ):
         input_pipeline.create_data(_config(augment="autoaugment"))
+    for field, value, match in (
+        ("auto_augment", "ta_wide", r"unknown auto_augment 'ta_wide'; valid: '' \(none\), trivialaugment, "),
+        ("interpolation", "lanczos", r"unknown interpolation 'lanczos'; valid: bilinear, bicubic"),
+        ("repeated_augmentations", 0, r"repeated_augmentations=0 must be >= 1"),
+        ("random_erasing", 1.5, r"random_erasing=1.5 is a probability"),
+        ("random_erasing_value", "noise", r"random_erasing_value='noise'; valid: '0', 'random'"),
+        ("train_image_size", -1, r"train_image_size=-1 must be >= 0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            input_pipeline.create_data(_config(**{field: value}))
+    with pytest.raises(ValueError, match=r"randaugment magnitude=11.0 must be in \[0, 10\]"):
+        input_pipeline.create_data(_config(auto_augment="randaugment", randaugment_magnitude=11.0))
     with pytest.raises(ValueError, match=r"input_workers=-1 must be >= 0"):
         input_pipeline.create_data(_config(input_workers=-1))
 
@@ -270,6 +287,90 @@ def test_imagenet_augmentation_through_an_image_folder(tmp_path):
     assert batch["image"].shape == (6, 32, 32, 3)
     evals = list(data.eval_batches())
     assert len(evals) == 1 and evals[0]["image"].shape == (6, 32, 32, 3) and evals[0]["mask"].sum() == 6
+    # The V2 recipe's shape, scaled down: train crops smaller than eval's resize-then-crop,
+    # with a policy, random erasing and bicubic resizes.
+    config.update(
+        train_image_size=24, eval_resize_size=36, interpolation="bicubic", auto_augment="trivialaugment",
+        random_erasing=0.5, repeated_augmentations=2,
+    )  # fmt: skip
+    data = input_pipeline.create_data(config)
+    assert (data.train_image_shape, data.image_shape) == ((24, 24, 3), (32, 32, 3))
+    assert next(data.train_iterator())["image"].shape == (6, 24, 24, 3)
+    assert next(data.eval_batches())["image"].shape == (6, 32, 32, 3)
+
+
+def test_repeated_augmentation_on_two_processes(monkeypatch):
+    """k=4 on 2 processes: in each round of 4 epochs every example appears exactly 4 times,
+    its 4 copies side by side in the global stream (so 2 on each process), each augmented
+    differently; each epoch holds a quarter of the examples, 4 times each."""
+    k, processes = 4, 2
+    monkeypatch.setattr(ip, "jax_process_count", lambda: processes)
+    state = {"index": 0}
+    monkeypatch.setattr(ip, "jax_process_index", lambda: state["index"])
+    plain = _config(repeated_augmentations=k)
+    data = input_pipeline.create_data(plain)
+    epoch = data.steps_per_epoch * plain.batch_size  # 22 * 64 = 1408 of 1437 examples
+    round_batches = k * data.steps_per_epoch
+
+    def read(config):
+        out = {}
+        for index in range(processes):
+            state["index"] = index
+            stream = input_pipeline.create_data(config).train_iterator()
+            for b in range(round_batches):
+                batch = next(stream)
+                for i, (image, label) in enumerate(zip(batch["image"], batch["label"])):
+                    out[b * config.batch_size + index + processes * i] = (image, int(label))
+        return [out[j] for j in range(len(out))]
+
+    stream = read(plain)
+    assert len(stream) == k * epoch
+    keys = [image.tobytes() for image, _ in stream]
+    # Copies come in groups of k consecutive positions...
+    for g in range(0, len(keys), k):
+        assert len(set(keys[g : g + k])) == 1, f"positions {g}..{g + k - 1} are not one example"
+    # ...and the round is the epoch's examples, each exactly k times.
+    split = data.source.splits["train"].images
+    counts = collections.Counter(keys)
+    assert sorted(counts.values()) == [k] * (len(counts)) and sum(counts.values()) == k * epoch
+    assert set(counts) <= {x.tobytes() for x in split}
+    # Each epoch: a quarter of the examples (352 = 1408 / 4), k times each.
+    for e in range(k):
+        part = collections.Counter(keys[e * epoch : (e + 1) * epoch])
+        assert set(part.values()) == {k} and len(part) == epoch // k
+    # Augmented, the k copies of each example all differ.
+    augmented = read(_config(repeated_augmentations=k, augment="cifar", auto_augment="trivialaugment",
+                             random_erasing=0.25))  # fmt: skip
+    distinct = []
+    for g in range(0, len(augmented), k):
+        assert {label for _, label in augmented[g : g + k]} == {stream[g][1]}
+        distinct.append(len({image.tobytes() for image, _ in augmented[g : g + k]}))
+    # Two 8x8 copies can still coincide by chance (the same of 81 crops and the same flip,
+    # with TrivialAugment's identity or a weak op: about 1e-3 a pair), or both come out
+    # blank (a shift of 8 pixels or more): 96% of the groups have 4 different images here.
+    assert np.mean(np.asarray(distinct) == k) > 0.9
+    # A process resumes mid-epoch from its iterator state to the same stream.
+    config = _config(repeated_augmentations=k, augment="cifar", auto_augment="trivialaugment")
+    for index in range(processes):
+        state["index"] = index
+        stream = input_pipeline.create_data(config).train_iterator()
+        for _ in range(30):
+            next(stream)
+        saved = stream.get_state()
+        expected = [next(stream) for _ in range(3)]
+        resumed = input_pipeline.create_data(config).train_iterator()
+        resumed.set_state(saved)
+        for want in expected:
+            np.testing.assert_array_equal(next(resumed)["image"], want["image"])
+    # What makes them differ: each copy's augmentation draws from its own generator
+    # (grain's, seeded by the copy's position). Its first draw, per copy:
+    monkeypatch.setattr(ip.Transform, "__call__", lambda self, record, rng=None: {
+        "image": np.full((8, 8, 1), 0, np.uint8) + rng.integers(2**31, size=(8, 8, 1)).astype(np.uint8),
+        "label": np.int32(record["label"]),
+    })  # fmt: skip
+    draws = read(_config(repeated_augmentations=k, augment="cifar"))
+    for g in range(0, len(draws), k):
+        assert len({image.tobytes() for image, _ in draws[g : g + k]}) == k
 
 
 # -- TFDS: these need TensorFlow, for the mock data or to prepare the dataset -------------

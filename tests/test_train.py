@@ -151,30 +151,35 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
     flags = [
         "--config.num_train_steps=66",
         "--config.eval_every_steps=66",
-        "--config.checkpoint_every_steps=11",
+        "--config.checkpoint_every_steps=13",  # never at an epoch's end (22 steps): resumes mid-epoch
         "--config.log_every_steps=11",
         "--config.augment=cifar",
         "--config.crop_padding=1",
         "--config.input_workers=1",
+        # Today's recipe's augmentations, repeated augmentation included (k = 4: a round of
+        # 4 epochs), whose stream must continue exactly too.
+        "--config.auto_augment=trivialaugment",
+        "--config.random_erasing=0.25",
+        "--config.repeated_augmentations=4",
     ]
     _main(tmp_path / "straight", *flags)
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "train.main", f"--workdir={killed}", *flags]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "22").is_dir():
+    while not (killed / "checkpoints" / "26").is_dir():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists(), "killed too late: the run had finished"
-    saved = json.loads(next((killed / "checkpoints" / "22" / "data").glob("process_0-of-1.json")).read_text())
+    saved = json.loads(next((killed / "checkpoints" / "26" / "data").glob("process_0-of-1.json")).read_text())
     assert saved, "the grain iterator state is in the checkpoint"
     resumed = _main(killed, *flags)
     start = int(resumed.stdout.split("resuming from the checkpoint at step ")[1].split()[0])
-    assert 22 <= start < 66
+    assert 26 <= start < 66 and start % 22, start
     final, straight = _summary(killed)["final"], _summary(tmp_path / "straight")["final"]
-    print(f"\nkilled after step >= 22, resumed from {start}: eval loss {final['loss']} vs {straight['loss']}")
+    print(f"\nkilled after step >= 26, resumed from {start}: eval loss {final['loss']} vs {straight['loss']}")
     ours, theirs = (checkpointing.load_variables(str(tmp_path / r))[0] for r in ("killed", "straight"))
     flat_ours, flat_theirs = (traverse_util.flatten_dict(v) for v in (ours, theirs))
     assert flat_ours.keys() == flat_theirs.keys()

@@ -45,7 +45,7 @@ BEST_METRIC = "top1"
 # means (it counts batches of the train split): a resume across a change is refused.
 _STRUCTURAL = (
     "model", "dataset", "classes", "image_size", "optimizer", "ema_decay", "grad_accum_steps", "freeze",
-    "batch_size", "train_split", "validation_examples",
+    "batch_size", "train_split", "validation_examples", "repeated_augmentations",
 )  # fmt: skip
 
 

@@ -28,9 +28,25 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_size = 0  # 0 = the dataset's own size (needed > 0 for variable-size images)
     config.augment = "none"  # 'none' | 'cifar' (pad-crop, flip) | 'imagenet' (inception crop, flip)
     config.crop_padding = 4  # 'cifar' augmentation: zero padding before the random crop
-    # 'imagenet' train crops: antialiased resize to image_size, as torchvision's RandomResizedCrop.
-    # False: plain bilinear, as the Flax ImageNet example; the decode+crop+resize costs ~1/3 less.
+    # 'imagenet' train crops: antialiased resize, as torchvision's RandomResizedCrop.
+    # False: plain resize, as the Flax ImageNet example; the decode+crop+resize costs ~1/3 less.
     config.train_antialias = True
+    config.interpolation = "bilinear"  # 'bilinear' | 'bicubic': resizes and the policies' geometric ops
+    config.train_image_size = 0  # train crop size; 0 = image_size (torchvision's V2 recipe: 176)
+    config.eval_resize_size = 0  # 'imagenet' eval: shorter side, then crop image_size; 0 = image_size/0.875
+    # After the crop and flip: '' | 'trivialaugment' (torchvision's TrivialAugmentWide) |
+    # 'autoaugment' (torchvision's ImageNet policy) | 'randaugment' (timm's op set, as below).
+    config.auto_augment = ""
+    config.randaugment_num_ops = 2
+    config.randaugment_magnitude = 9.0  # timm's 0..10 scale ('rand-m9')
+    config.randaugment_magnitude_std = 0.5  # magnitude ~ N(magnitude, this) per op ('mstd0.5')
+    config.random_erasing = 0.0  # probability (torchvision's V2 recipe: 0.1)
+    config.random_erasing_scale = (0.02, 0.33)  # erased fraction of the area
+    config.random_erasing_ratio = (0.3, 3.3)  # erased box's height / width
+    config.random_erasing_value = "0"  # '0': the pixel normalising to 0 | 'random': N(0, 1) per pixel
+    # k > 1: each example k times in a row, augmented differently (RASampler); an epoch
+    # still counts the split's size, so k epochs hold every example k times.
+    config.repeated_augmentations = 1
     config.mean = (0.5,)  # per-channel normalisation, on the [0, 1] scale
     config.std = (0.5,)
     # grain reads and augments the batches: input_threads threads in each of input_workers

@@ -2,9 +2,11 @@
 
 JPEGs decode with libjpeg-turbo through simplejpeg (about 1.5x PIL's speed on
 ImageNet-sized files, measured for ``bench.input_pipeline``); other formats, and the JPEGs
-it cannot convert (CMYK), through PIL. Antialiased resizes are PIL's bilinear filter, the
-one torchvision's transforms apply to PIL images; the plain (not antialiased) bilinear
-resize of ``config.train_antialias=False`` is OpenCV's, as cheap as a resize gets.
+it cannot convert (CMYK), through PIL. Antialiased resizes are PIL's bilinear or bicubic
+filters, the ones torchvision's transforms apply to PIL images; the plain (not
+antialiased) resize of ``config.train_antialias=False`` is OpenCV's, as cheap as a resize
+gets. The policies that follow the crop (TrivialAugment, RandAugment, AutoAugment) and
+random erasing are in ``policies``.
 
 Random functions take a ``np.random.Generator``. In the pipeline that is grain's
 per-record generator, seeded by (seed, the record's position in the global stream), so an
@@ -15,13 +17,19 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image
 
+from train.input_pipeline import erasing, policies
+
 AUGMENTATIONS = ("none", "cifar", "imagenet")
+INTERPOLATIONS = ("bilinear", "bicubic")
+_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+_CV2_FILTERS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 # ImageNet evaluation: resize so that the crop is 87.5% of the shorter side (224 of 256).
 CENTER_CROP_FRACTION = 0.875
 # RandomResizedCrop's ranges (Szegedy et al. 2015; torchvision's defaults).
@@ -68,13 +76,14 @@ def resize(
     size: tuple[int, int],
     antialias: bool = True,
     box: tuple[int, int, int, int] | None = None,
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
-    """Bilinear resize of ``image`` (or of its ``box`` = (top, left, height, width)) to
-    ``size`` = (height, width); uint8 in and out, the image returned as is when nothing
-    changes.
+    """Bilinear or bicubic resize of ``image`` (or of its ``box`` = (top, left, height,
+    width)) to ``size`` = (height, width); uint8 in and out, the image returned as is when
+    nothing changes.
 
     ``antialias`` widens the filter when shrinking, as PIL and torchvision do; without it
-    the resize is a plain bilinear interpolation (OpenCV's), several times cheaper.
+    the resize is a plain interpolation (OpenCV's), several times cheaper.
     """
     h, w = size
     if box is not None:
@@ -83,8 +92,9 @@ def resize(
     if image.shape[:2] == (h, w):
         return image
     if antialias:
-        return _from_pil(_pil(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR), image.shape[-1])
-    out = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        pil = _pil(np.ascontiguousarray(image)).resize((w, h), _PIL_FILTERS[interpolation])
+        return _from_pil(pil, image.shape[-1])
+    out = cv2.resize(image, (w, h), interpolation=_CV2_FILTERS[interpolation])
     return out.reshape(h, w, image.shape[-1])
 
 
@@ -142,24 +152,39 @@ def inception_crop_window(
 
 
 def inception_crop(
-    image: np.ndarray, size: int, rng: np.random.Generator, antialias: bool = True, **window_kw
+    image: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    antialias: bool = True,
+    interpolation: str = "bilinear",
+    **window_kw,
 ) -> np.ndarray:
     """A random ``inception_crop_window`` of ``image``, resized to (size, size), as
     torchvision's ``RandomResizedCrop(size)``."""
     box = inception_crop_window(*image.shape[:2], rng, **window_kw)
-    return resize(image, (size, size), antialias, box=box)
+    return resize(image, (size, size), antialias, box=box, interpolation=interpolation)
 
 
 def resize_and_center_crop(
-    image: np.ndarray, size: int, fraction: float = CENTER_CROP_FRACTION
+    image: np.ndarray, size: int, resize_size: int = 0, interpolation: str = "bilinear"
 ) -> np.ndarray:
-    """Resizes the shorter side to ``size / fraction`` (antialiased), then takes the central
-    (size, size): torchvision's ``Resize(256)`` + ``CenterCrop(224)`` at the default fraction."""
+    """torchvision's ``Resize(resize_size)`` + ``CenterCrop(size)`` on a PIL image: the
+    shorter side resized (antialiased) to ``resize_size`` (0: ``size`` / 0.875, 256 for
+    224), the longer to ``int(resize_size * long / short)``, then the central (size, size),
+    its offsets rounded as torchvision rounds them."""
+    resize_size = resize_size or int(size / CENTER_CROP_FRACTION)
     h, w = image.shape[:2]
-    scale = (size / fraction) / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    image = resize(image, (nh, nw), antialias=True)
-    top, left = (nh - size) // 2, (nw - size) // 2
+    if h <= w:
+        nh, nw = resize_size, int(resize_size * w / h)
+    else:
+        nh, nw = int(resize_size * h / w), resize_size
+    image = resize(image, (nh, nw), antialias=True, interpolation=interpolation)
+    if nh < size or nw < size:  # CenterCrop pads with zeros
+        padded = np.zeros((max(nh, size), max(nw, size), image.shape[-1]), np.uint8)
+        top, left = (padded.shape[0] - nh) // 2, (padded.shape[1] - nw) // 2
+        padded[top : top + nh, left : left + nw] = image
+        image, (nh, nw) = padded, padded.shape[:2]
+    top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
     return image[top : top + size, left : left + size]
 
 
@@ -172,28 +197,104 @@ def preprocess(
     padding: int,
     rng: np.random.Generator | None = None,
     train_antialias: bool = True,
+    interpolation: str = "bilinear",
+    train_image_size: int = 0,
+    eval_resize_size: int = 0,
 ) -> np.ndarray:
-    """One decoded uint8 image -> the augmented uint8 model input, not yet normalised: the
-    train and eval steps normalise on the device (``train_lib.normalize_images`` with
-    ``config.mean`` and ``config.std``), so batches cross to it at a quarter of float32's
-    size, and the host does less work per image.
+    """One decoded uint8 image -> the cropped (and, for training, flipped) uint8 model
+    input, not yet normalised: the train and eval steps normalise on the device
+    (``train_lib.normalize_images`` with ``config.mean`` and ``config.std``), so batches
+    cross to it at a quarter of float32's size, and the host does less work per image.
 
-    - ``imagenet``: train, inception crop to ``image_size`` and flip; eval, resize and
-      centre crop.
-    - ``cifar``: resize to ``image_size`` when set; train, ``padding`` pad-and-crop and flip.
-    - ``none``: resize to ``image_size`` when set.
+    - ``imagenet``: train, inception crop to ``train_image_size`` (0: ``image_size``) and
+      flip; eval, resize the shorter side to ``eval_resize_size`` (0: ``image_size`` /
+      0.875) and centre crop ``image_size``.
+    - ``cifar``: resize to the size when set; train, ``padding`` pad-and-crop and flip.
+    - ``none``: resize to the size when set.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
     if train and augment != "none" and rng is None:
         raise ValueError(f"augment={augment!r} needs a random generator for training")
+    size = (train_image_size or image_size) if train else image_size
     if augment == "imagenet":
         if not train:
-            return resize_and_center_crop(image, image_size)
-        image = inception_crop(image, image_size, rng, antialias=train_antialias)
+            return resize_and_center_crop(image, image_size, eval_resize_size, interpolation)
+        image = inception_crop(image, size, rng, antialias=train_antialias, interpolation=interpolation)
         return random_flip(image, rng)
-    if image_size:
-        image = resize(image, (image_size, image_size))
+    if size:
+        image = resize(image, (size, size), interpolation=interpolation)
     if train and augment == "cifar":
         image = random_flip(pad_and_random_crop(image, padding, rng), rng)
     return image
+
+
+def create_policy(config: Any) -> policies.Policy | None:
+    """``config.auto_augment``'s policy, or None. TrivialAugment and AutoAugment fill what
+    they uncover with black (torchvision's default); RandAugment with the mean pixel
+    (timm's); all resample with ``config.interpolation``, as torchvision's reference
+    recipes and timm's factory pass it."""
+    if not config.auto_augment:
+        return None
+    fill = (0,)
+    if config.auto_augment == "randaugment":
+        fill = tuple(min(255, round(255 * m)) for m in config.mean)
+    return policies.Policy(
+        config.auto_augment,
+        interpolation=config.interpolation,
+        fill=fill,
+        num_ops=config.randaugment_num_ops,
+        magnitude=config.randaugment_magnitude,
+        magnitude_std=config.randaugment_magnitude_std,
+    )
+
+
+def create_erasing(config: Any) -> erasing.RandomErasing | None:
+    """``config.random_erasing``'s eraser, or None when its probability is 0; its fields
+    are checked either way."""
+    eraser = erasing.RandomErasing(
+        config.random_erasing,
+        scale=tuple(config.random_erasing_scale),
+        ratio=tuple(config.random_erasing_ratio),
+        value=config.random_erasing_value,
+        mean=tuple(config.mean),
+        std=tuple(config.std),
+    )
+    return eraser if eraser.probability > 0 else None
+
+
+def check_augmentation(config: Any) -> None:
+    """The augmentation fields, checked before any data is read; each error names the
+    value and the valid choices."""
+    if config.augment not in AUGMENTATIONS:
+        hint = ""
+        if config.augment in policies.POLICIES:
+            hint = (
+                f" ({config.augment!r} is a policy that follows the crop: set "
+                f"--config.auto_augment={config.augment} with augment 'imagenet' or 'cifar')"
+            )
+        raise ValueError(f"unknown augment {config.augment!r}; valid: {', '.join(AUGMENTATIONS)}{hint}")
+    if config.interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"unknown interpolation {config.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}"
+        )
+    if config.auto_augment and config.auto_augment not in policies.POLICIES:
+        raise ValueError(
+            f"unknown auto_augment {config.auto_augment!r}; valid: '' (none), {', '.join(policies.POLICIES)}"
+        )
+    if config.repeated_augmentations < 1:
+        raise ValueError(
+            f"config.repeated_augmentations={config.repeated_augmentations} must be >= 1 (1: off)"
+        )
+    for field in ("train_image_size", "eval_resize_size"):
+        if config[field] < 0:
+            raise ValueError(f"config.{field}={config[field]} must be >= 0 (0: from image_size)")
+    if config.eval_resize_size and config.eval_resize_size < config.image_size:
+        raise ValueError(
+            f"config.eval_resize_size={config.eval_resize_size} is below image_size={config.image_size}: "
+            "the centre crop would be padded"
+        )
+    create_policy(config)  # their own checks of the values
+    create_erasing(config)

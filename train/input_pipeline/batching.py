@@ -5,6 +5,13 @@ function of (seed, k) for global batch k:
 
 - epoch ``e`` is the split in the order of grain's index shuffle with seed ``seed + e``,
   cut to whole global batches;
+- with repeated augmentation (``config.repeated_augmentations`` = k > 1, Hoffer et al.
+  2020; torchvision's ``RASampler``), each example of that order is repeated k times in a
+  row, so k copies of it, each augmented differently, sit side by side in one global
+  batch and go to different processes. An epoch still counts as many examples as the
+  split has, as with ``RASampler``: the k copies of an order fill k epochs (a round), in
+  which every example appears exactly k times; each epoch holds 1/k of the examples, k
+  times each. A recipe's epoch count therefore carries over unchanged;
 - every example is augmented with grain's per-record generator, seeded by (seed, its
   position in the global stream);
 - process ``p`` of ``P`` takes positions ``p, p + P, p + 2P, ...`` of that stream
@@ -34,6 +41,8 @@ import numpy as np
 from absl import flags
 
 from train.input_pipeline import augment
+from train.input_pipeline.erasing import RandomErasing
+from train.input_pipeline.policies import Policy
 from train.input_pipeline.sources import Source, create_source
 
 
@@ -68,7 +77,8 @@ def jax_process_index() -> int:
 @dataclasses.dataclass(frozen=True)
 class Transform:
     """One record -> ``{'image': uint8 (H, W, C), 'label': int32}``: decode (encoded
-    sources), then ``augment.preprocess``. Called as ``(record, rng)`` by grain's
+    sources), ``augment.preprocess`` (crop, flip), then for training the ``policy`` and
+    random ``erasing``, in the recipes' order. Called as ``(record, rng)`` by grain's
     ``random_map`` for training and as ``(record)`` by ``map`` for evaluation."""
 
     train: bool
@@ -78,6 +88,11 @@ class Transform:
     image_size: int
     padding: int
     train_antialias: bool
+    interpolation: str = "bilinear"
+    train_image_size: int = 0
+    eval_resize_size: int = 0
+    policy: Policy | None = None
+    erasing: RandomErasing | None = None
 
     def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         image = record["image"]
@@ -91,13 +106,43 @@ class Transform:
             padding=self.padding,
             rng=rng,
             train_antialias=self.train_antialias,
+            interpolation=self.interpolation,
+            train_image_size=self.train_image_size,
+            eval_resize_size=self.eval_resize_size,
         )
+        if self.train and self.policy is not None:
+            image = self.policy(image, rng)
+        if self.train and self.erasing is not None:
+            image = self.erasing(image, rng)
         if image.shape != self.image_shape:
             raise ValueError(
                 f"an image preprocessed to {image.shape}, not {self.image_shape}; images of "
                 "varying sizes need --config.image_size"
             )
         return {"image": image, "label": np.int32(record["label"])}
+
+
+class RepeatEach(grain.MapDataset):
+    """Each element of ``parent`` ``k`` times in a row: element i is ``parent[i // k]``.
+
+    Past its end it reads past ``parent``'s, so over a shuffled parent, round r of k * n
+    elements is the parent's epoch r (grain's shuffle with seed + r) repeated elementwise.
+    """
+
+    def __init__(self, parent: grain.MapDataset, k: int):
+        super().__init__(parent)
+        self._k = k
+
+    def __len__(self) -> int:
+        return self._k * len(self._parent)
+
+    def __str__(self) -> str:
+        return f"RepeatEach(k={self._k})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[index // self._k]
 
 
 def _slice_spec(split: str) -> tuple[str, int, int | None]:
@@ -141,7 +186,8 @@ class Data:
     eval_split: str
     num_train: int
     num_eval: int
-    image_shape: tuple[int, int, int]  # the model input (H, W, C)
+    image_shape: tuple[int, int, int]  # the model input (H, W, C) for evaluation
+    train_image_shape: tuple[int, int, int]  # and for training (config.train_image_size)
     steps_per_epoch: int
     eval_steps: int
 
@@ -175,11 +221,16 @@ class Data:
         return Transform(
             train=train,
             decode=self.source.kind == "bytes",
-            image_shape=self.image_shape,
+            image_shape=self.train_image_shape if train else self.image_shape,
             augment=c.augment,
             image_size=c.image_size,
             padding=c.crop_padding,
             train_antialias=c.train_antialias,
+            interpolation=c.interpolation,
+            train_image_size=c.train_image_size,
+            eval_resize_size=c.eval_resize_size,
+            policy=augment.create_policy(c),
+            erasing=augment.create_erasing(c),
         )
 
     def _read_options(self) -> grain.ReadOptions:
@@ -192,8 +243,10 @@ class Data:
         batch k."""
         c = self.config
         epoch = self.steps_per_epoch * c.batch_size  # whole global batches only
-        ds = self._split(self.train_split).shuffle(seed=c.seed)[:epoch].repeat()
-        ds = ds.random_map(self._transform(train=True), seed=c.seed)
+        ds = self._split(self.train_split).shuffle(seed=c.seed)[:epoch]
+        if c.repeated_augmentations > 1:
+            ds = RepeatEach(ds, c.repeated_augmentations)
+        ds = ds.repeat().random_map(self._transform(train=True), seed=c.seed)
         count, index = jax_process_count(), jax_process_index()
         return ds[index::count].batch(c.batch_size // count, drop_remainder=True)
 
@@ -236,8 +289,7 @@ def create_data(config: Any) -> Data:
             raise ValueError(f"config.{field}={config[field]} must be >= 1")
     if config.input_workers < 0:
         raise ValueError(f"config.input_workers={config.input_workers} must be >= 0 (0: no worker processes)")
-    if config.augment not in augment.AUGMENTATIONS:
-        raise ValueError(f"unknown augment {config.augment!r}; valid: {', '.join(augment.AUGMENTATIONS)}")
+    augment.check_augmentation(config)
     if not 0 <= config.seed < 2**32:
         raise ValueError(f"config.seed={config.seed} must be in [0, 2**32)")
     source = create_source(config)
@@ -260,6 +312,8 @@ def create_data(config: Any) -> Data:
     if config.augment == "imagenet" and not size:
         raise ValueError("augment='imagenet' needs --config.image_size (e.g. 224)")
     image_shape = (size, size, channels) if size else (h, w, channels)
+    train_size = config.train_image_size or size
+    train_image_shape = (train_size, train_size, channels) if train_size else image_shape
     for field in ("mean", "std"):
         if len(config[field]) not in (1, channels):
             raise ValueError(
@@ -279,6 +333,7 @@ def create_data(config: Any) -> Data:
         num_train=num_train,
         num_eval=num_eval,
         image_shape=image_shape,
+        train_image_shape=train_image_shape,
         steps_per_epoch=steps_per_epoch,
         eval_steps=eval_steps,
     )
