@@ -1,4 +1,4 @@
-r"""python -m bench.input_pipeline [--which=cifar,imagenet] [--workers=0,1,2] [--threads=1] \
+r"""python -m bench.input_pipeline [--which=cifar,imagenet,v2] [--workers=0,1,2] [--threads=1] \
     [--batches=N] [--cifar-archive=PATH] [--train-antialias=config|on|off] [--no-torch]
 
 Images/s, and images/s per CPU core, of the trainer's own input pipeline, beside the
@@ -12,7 +12,8 @@ peer PyTorch users run, on the same images and the same cores, in one run.
 - torchvision: PIL + ``torchvision.transforms`` through a ``torch.utils.data.DataLoader``
   with the same number of workers: ``RandomResizedCrop(224)`` + ``RandomHorizontalFlip``
   (the PyTorch ImageNet reference's train transform, uint8 out via ``PILToTensor``), and
-  for CIFAR ``RandomCrop(32, padding=4)`` + flip.
+  for CIFAR ``RandomCrop(32, padding=4)`` + flip; for ``v2``, torchvision's IMAGENET1K_V2
+  train transform (below).
 
 The cases:
 - ``cifar``: the CIFAR-10 JPEG archive (``../shared/datasets/cifar10-jpeg.tar.gz``)
@@ -23,6 +24,11 @@ The cases:
   ImageNet's), with the ``imagenet_resnet50`` config's augmentation: decode, inception
   crop, flip, resize to 224 (plain bilinear, as that config; ``--train-antialias=on`` for
   torchvision's antialiased one), batch 128.
+- ``v2``: the same JPEGs through torchvision's IMAGENET1K_V2 train recipe:
+  ``RandomResizedCrop(176)`` (antialiased bilinear) + flip + ``TrivialAugmentWide``
+  (bilinear) + ``ToTensor`` + ``Normalize`` + ``RandomErasing(0.1)`` for torchvision;
+  ``train_image_size=176``, ``auto_augment='trivialaugment'``, ``random_erasing=0.1`` for
+  resnet_jax, whose batches stay uint8 and are normalised on the device.
 """
 
 from __future__ import annotations
@@ -161,8 +167,23 @@ class _Folder:
 def measure_torchvision(root: str, case: str, workers: int, batches: int, warmup: int) -> dict[str, float]:
     torch, transforms = _torchvision()
     torch.set_num_threads(1)
-    crop = transforms.RandomResizedCrop(224) if case == "imagenet" else transforms.RandomCrop(32, padding=4)
-    transform = transforms.Compose([crop, transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+    if case == "v2":
+        bilinear = transforms.InterpolationMode.BILINEAR
+        transform = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(176, interpolation=bilinear),
+                transforms.RandomHorizontalFlip(),
+                transforms.TrivialAugmentWide(interpolation=bilinear),
+                transforms.ToTensor(),
+                transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                transforms.RandomErasing(0.1),
+            ]
+        )
+    else:
+        crop = transforms.RandomCrop(32, padding=4)
+        if case == "imagenet":
+            crop = transforms.RandomResizedCrop(224)
+        transform = transforms.Compose([crop, transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
     loader = torch.utils.data.DataLoader(
         _Folder(root, transform),
         batch_size=BATCH,
@@ -184,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.input_pipeline", description=__doc__.split("\n\n")[1]
     )
-    parser.add_argument("--which", default="cifar,imagenet", help="comma-separated: cifar, imagenet")
+    parser.add_argument("--which", default="cifar,imagenet,v2", help="comma-separated: cifar, imagenet, v2")
     parser.add_argument("--workers", default="0,1,2", help="comma-separated worker-process counts")
     parser.add_argument(
         "--threads", type=int, default=1, help="grain threads per process (config.input_threads)"
@@ -202,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="skip the torchvision peer")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     which = [w.strip() for w in args.which.split(",") if w.strip()]
-    unknown = sorted(set(which) - {"cifar", "imagenet"})
+    unknown = sorted(set(which) - {"cifar", "imagenet", "v2"})
     if unknown or not which:
-        parser.error(f"--which={args.which!r}: unknown {unknown}; valid: cifar, imagenet")
+        parser.error(f"--which={args.which!r}: unknown {unknown}; valid: cifar, imagenet, v2")
     try:
         workers = [int(w) for w in args.workers.split(",")]
     except ValueError:
@@ -234,19 +255,33 @@ def main(argv: list[str] | None = None) -> int:
                 config.update(dataset="image_folder", data_dir=root, num_train_steps=-1)
                 what = "CIFAR-10 JPEGs: decode 32x32, pad-4 crop, flip"
             else:
-                root, kb = imagenet_like_jpegs(os.path.join(tmp, "imagenet"), args.imagenet_images)
-                print(
-                    f"generated {args.imagenet_images} ImageNet-sized JPEGs ({kb:.0f} KB on average) "
-                    f"in {time.perf_counter() - start:.1f}s",
-                    flush=True,
-                )
+                root = os.path.join(tmp, "imagenet")
+                if not os.path.isdir(root):
+                    root, kb = imagenet_like_jpegs(root, args.imagenet_images)
+                    print(
+                        f"generated {args.imagenet_images} ImageNet-sized JPEGs ({kb:.0f} KB on average) "
+                        f"in {time.perf_counter() - start:.1f}s",
+                        flush=True,
+                    )
                 config = imagenet_resnet50.get_config()
                 config.update(dataset="image_folder", data_dir=root, manual_dir="", eval_split="")
                 config.update(batch_size=BATCH, lr_base_batch_size=0)
-                if args.train_antialias != "config":
-                    config.train_antialias = args.train_antialias == "on"
-                resize = "antialiased" if config.train_antialias else "bilinear"
-                what = f"ImageNet-sized JPEGs: decode, inception crop, flip, {resize} resize to 224"
+                if case == "v2":
+                    config.update(
+                        train_image_size=176,
+                        train_antialias=True,
+                        auto_augment="trivialaugment",
+                        random_erasing=0.1,
+                    )
+                    what = (
+                        "ImageNet-sized JPEGs, IMAGENET1K_V2 recipe: decode, inception crop to 176, flip, "
+                        "TrivialAugmentWide, normalise, random erasing 0.1"
+                    )
+                else:
+                    if args.train_antialias != "config":
+                        config.train_antialias = args.train_antialias == "on"
+                    resize = "antialiased" if config.train_antialias else "bilinear"
+                    what = f"ImageNet-sized JPEGs: decode, inception crop, flip, {resize} resize to 224"
             config.batch_size, config.input_threads = BATCH, args.threads
             for n in workers:
                 r = measure_grain(config, n, args.batches, args.warmup)

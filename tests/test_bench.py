@@ -83,7 +83,7 @@ def test_input_pipeline_bench_prints_grain_beside_torchvision():
     pytest.importorskip("torch")
     proc = _run(
         "bench.input_pipeline",
-        "--which=imagenet",
+        "--which=imagenet,v2",
         "--imagenet-images=150",
         "--workers=0,1",
         "--batches=1",
@@ -101,6 +101,15 @@ def test_input_pipeline_bench_prints_grain_beside_torchvision():
         ("resnet_jax (grain)", "0"), ("torchvision (PIL)", "0"),
         ("resnet_jax (grain)", "1"), ("torchvision (PIL)", "1"),
     ], proc.stdout  # fmt: skip
+    # The IMAGENET1K_V2 recipe's pipeline, on both sides (the images generated once).
+    assert proc.stdout.count("generated 150 ImageNet-sized JPEGs") == 1
+    what = r"ImageNet-sized JPEGs, IMAGENET1K_V2 recipe: decode, inception crop to 176, flip, "
+    what += "TrivialAugmentWide, "
+    rows = re.findall(
+        rf"\| {what}normalise, random erasing 0.1 \| (resnet_jax \(grain\)|torchvision \(PIL\)) \|",
+        proc.stdout,
+    )
+    assert rows == ["resnet_jax (grain)", "torchvision (PIL)"] * 2, proc.stdout
 
 
 def test_input_pipeline_bench_refuses_an_unknown_pipeline(capsys):
@@ -109,7 +118,7 @@ def test_input_pipeline_bench_refuses_an_unknown_pipeline(capsys):
     with pytest.raises(SystemExit) as exit_info:
         input_pipeline.main(["--which=cifar,mnist"])
     assert exit_info.value.code == 2
-    assert "unknown ['mnist']; valid: cifar, imagenet" in capsys.readouterr().err
+    assert "unknown ['mnist']; valid: cifar, imagenet, v2" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         input_pipeline.main(["--workers=two"])
     assert "--workers='two': expected comma-separated counts >= 0" in capsys.readouterr().err

@@ -138,6 +138,16 @@ def test_the_library_imports_one_way_and_keeps_its_files_short():
     assert not long, long
 
 
+def test_no_file_of_the_trainer_is_over_400_lines():
+    train = pathlib.Path(__file__).resolve().parents[1] / "train"
+    long = {
+        str(p.relative_to(train)): n
+        for p in train.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert not long, long
+
+
 def test_ci_constraints_pin_every_requirement_within_the_users_ranges():
     # .ci/constraints.txt fixes the versions CI installs; pyproject.toml's ranges are what
     # users get. Each pin must lie inside its range, or CI would test a set no user can have.

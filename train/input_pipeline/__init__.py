@@ -3,7 +3,10 @@ checkpointable streams. No TensorFlow: images decode and augment in numpy (simpl
 PIL, OpenCV), and TFDS datasets are read from their ArrayRecord files.
 
 - ``sources``: digits, image folders and TFDS datasets as random-access sources;
-- ``augment``: decoding and the CIFAR and ImageNet augmentations of one image;
+- ``augment``: decoding, the CIFAR and ImageNet crops of one image, and the
+  augmentation fields of the config;
+- ``policies``: TrivialAugmentWide, AutoAugment and RandAugment; ``erasing``: random
+  erasing;
 - ``batching``: the train stream and eval batches (order, sharding, batching).
 """
 
