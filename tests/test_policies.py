@@ -349,7 +349,8 @@ def test_policies_keep_shape_dtype_and_grayscale():
     for name in policies.POLICIES:
         for channels in (1, 3):
             image = rng.integers(0, 256, (24, 40, channels), dtype=np.uint8)
-            policy = policies.Policy(name, interpolation="bilinear")
+            # One fill value serves every channel (a config with one mean for RGB images).
+            policy = policies.Policy(name, interpolation="bilinear", fill=(128,))
             for _ in range(30):
                 out = policy(image, rng)
                 assert out.shape == image.shape and out.dtype == np.uint8

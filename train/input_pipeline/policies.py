@@ -68,7 +68,10 @@ def _inverse_affine(
 
 
 def _fill(pil: Image.Image, fill: Sequence[int]) -> int | tuple[int, ...]:
-    return int(fill[0]) if pil.mode == "L" else tuple(int(v) for v in fill)
+    """PIL's fill colour: one value per band; a single value serves every band."""
+    if pil.mode == "L":
+        return int(fill[0])
+    return tuple(int(v) for v in (fill if len(fill) == len(pil.getbands()) else (fill[0],) * 3))
 
 
 def _affine(pil: Image.Image, matrix, resample: int, fill: Sequence[int]) -> Image.Image:
