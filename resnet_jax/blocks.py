@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 ModuleDef = Callable[..., nn.Module]
@@ -70,6 +71,14 @@ def avg_pool_ceil(x: Array, strides: int) -> Array:
     return nn.avg_pool(
         x, (strides, strides), (strides, strides), padding=((0, pad_h), (0, pad_w)), count_include_pad=False
     )
+
+
+def drop_path(x: Array, rate: float, rng: jax.Array) -> Array:
+    """Zeroes each example of ``x`` with probability ``rate`` and scales the rest by
+    1 / (1 - rate): stochastic depth on a residual branch, unbiased in expectation."""
+    keep = 1.0 - rate
+    kept = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(kept, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
 
 
 def shortcut(
@@ -141,6 +150,11 @@ class _Block(nn.Module):
       conv_bias: give a bias to the convolutions that feed the residual sum directly
         (pre-activation blocks only; everywhere else a norm follows and a bias would be
         redundant). Needed to hold Keras ``ResNetV2`` weights exactly.
+      drop_path: stochastic depth (Huang et al. 2016), timm's form: in training, each
+        example's residual branch is dropped with this probability and otherwise scaled
+        by 1 / (1 - drop_path), so its expectation is unchanged; needs a ``'dropout'``
+        rng. Identity when ``deterministic``.
+      deterministic: evaluation mode for ``drop_path``.
     """
 
     filters: int
@@ -153,6 +167,8 @@ class _Block(nn.Module):
     width_per_group: int = 64
     zero_init_last: bool = False
     conv_bias: bool = False
+    drop_path: float = 0.0
+    deterministic: bool = True
 
     expansion: ClassVar[int] = 1
     preact: ClassVar[bool] = False
@@ -165,6 +181,11 @@ class _Block(nn.Module):
     def bottleneck_width(self) -> int:
         # torchvision's rule: ResNeXt-50 32x4d at filters=64 has 32 groups of 4 = 128.
         return int(self.filters * (self.width_per_group / 64.0)) * self.groups
+
+    def _drop_path(self, y: Array) -> Array:
+        if self.deterministic or self.drop_path == 0.0:
+            return y
+        return drop_path(y, self.drop_path, self.make_rng("dropout"))
 
     def _last_norm(self, name: str) -> nn.Module:
         if self.zero_init_last:
@@ -190,7 +211,7 @@ class BasicBlock(_Block):
         y = conv3x3(self.conv, self.filters, self.strides, name="conv1")(x)
         y = self.act(self.norm(name="norm1")(y))
         y = conv3x3(self.conv, self.filters, name="conv2")(y)
-        y = self._last_norm("norm2")(y)
+        y = self._drop_path(self._last_norm("norm2")(y))
         s = shortcut(x, self.shortcut, self.out_features, self.strides, self.conv, self.norm)
         return self.act(y + s)
 
@@ -218,7 +239,7 @@ class Bottleneck(_Block):
         y = conv3x3(self.conv, width, s3, self.groups, name="conv2")(y)
         y = self.act(self.norm(name="norm2")(y))
         y = conv1x1(self.conv, self.out_features, name="conv3")(y)
-        y = self._last_norm("norm3")(y)
+        y = self._drop_path(self._last_norm("norm3")(y))
         s = shortcut(x, self.shortcut, self.out_features, self.strides, self.conv, self.norm)
         return self.act(y + s)
 
@@ -238,7 +259,7 @@ class PreActBasicBlock(_Block):
         pre = self.act(self.norm(name="norm1")(x))
         y = conv3x3(self.conv, self.filters, self.strides, name="conv1")(pre)
         y = self.act(self.norm(name="norm2")(y))
-        y = conv3x3(self._last_conv(), self.filters, name="conv2")(y)
+        y = self._drop_path(conv3x3(self._last_conv(), self.filters, name="conv2")(y))
         src = pre if self.shortcut in ("conv", "avg_conv") else x
         return y + shortcut(
             src, self.shortcut, self.out_features, self.strides, self.conv, None, self.conv_bias
@@ -262,7 +283,7 @@ class PreActBottleneck(_Block):
         y = self.act(self.norm(name="norm2")(y))
         y = conv3x3(self.conv, width, self.strides, self.groups, name="conv2")(y)
         y = self.act(self.norm(name="norm3")(y))
-        y = conv1x1(self._last_conv(), self.out_features, name="conv3")(y)
+        y = self._drop_path(conv1x1(self._last_conv(), self.out_features, name="conv3")(y))
         src = pre if self.shortcut in ("conv", "avg_conv") else x
         return y + shortcut(
             src, self.shortcut, self.out_features, self.strides, self.conv, None, self.conv_bias

@@ -79,6 +79,9 @@ class ResNet(nn.Module):
       zero_init_last: zero-initialise each block's last norm scale (Goyal et al. 2017).
       drop_rate: dropout on the pooled features before the head (needs a
         ``'dropout'`` rng in train mode when > 0).
+      drop_path_rate: stochastic depth, rising linearly over the blocks from 0 at the
+        first to this rate at the last (timm's rule; Huang et al. 2016 use the same
+        linear decay of survival); needs a ``'dropout'`` rng in train mode when > 0.
       dtype: compute dtype, e.g. ``jnp.bfloat16``; the logits are returned in float32.
       param_dtype: dtype of parameters and BatchNorm statistics.
       conv: convolution factory (a ``functools.partial`` of ``nn.Conv``).
@@ -108,6 +111,7 @@ class ResNet(nn.Module):
     pool_pad_zeros: bool = False
     zero_init_last: bool = False
     drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     conv: ModuleDef = nn.Conv
@@ -120,6 +124,9 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown stem {self.stem!r}; valid: {', '.join(STEMS)}")
         if self.shortcut not in SHORTCUT_TYPES:
             raise ValueError(f"unknown shortcut {self.shortcut!r}; valid: {', '.join(SHORTCUT_TYPES)}")
+        for field in ("drop_rate", "drop_path_rate"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                raise ValueError(f"{field}={getattr(self, field)} must be in [0, 1)")
         n = len(self.stage_sizes)
         for field in ("stage_widths", "stage_strides"):
             value = getattr(self, field)
@@ -215,6 +222,7 @@ class ResNet(nn.Module):
             groups=self.groups,
             width_per_group=self.width_per_group,
             zero_init_last=self.zero_init_last,
+            deterministic=not train,
         )
         if self.block.preact:
             block_kw["conv_bias"] = self.conv_bias
@@ -227,8 +235,11 @@ class ResNet(nn.Module):
         n = len(self.stage_sizes)
         widths = self.stage_widths or [self.stem_width * 2**i for i in range(n)]
         strides = self.stage_strides or [1] + [2] * (n - 1)
+        total, index = sum(self.stage_sizes), 0
         for i, (size, width, stride) in enumerate(zip(self.stage_sizes, widths, strides), start=1):
             for j in range(size):
+                block_kw["drop_path"] = self.drop_path_rate * index / max(total - 1, 1)
+                index += 1
                 stride_at = size - 1 if self.downsample_last else 0
                 s = stride if j == stride_at else 1
                 out_ch = width * self.block.expansion

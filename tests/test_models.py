@@ -302,3 +302,47 @@ def test_model_is_jittable_and_batch_sharding_agnostic(resnet18_mini):
     tolerances.assert_close("jitted", jitted, eager, tolerance)
     # Each example is independent in eval mode.
     tolerances.assert_close("batch of 1", model.apply(variables, x[:1]), eager[:1], tolerance)
+
+
+def test_drop_path_keeps_the_expectation_and_drops_whole_examples():
+    from resnet_jax.blocks import drop_path
+
+    x = jnp.ones((200_000, 2, 2, 3))
+    out = drop_path(x, 0.3, jax.random.key(0))
+    per_example = np.asarray(out).reshape(len(out), -1)
+    # Each example is dropped whole (all 0) or kept whole, scaled by 1 / 0.7.
+    values = np.unique(per_example)
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == np.float32(1.0) / np.float32(0.7)
+    assert np.all(per_example.min(1) == per_example.max(1))
+    # Unbiased: the mean over 200k draws is within 1% of 1 (its std is 0.0015).
+    assert abs(float(out.mean()) - 1.0) < 0.01
+    assert abs(np.mean(per_example[:, 0] == 0) - 0.3) < 0.01
+
+
+def test_stochastic_depth_follows_timms_per_block_rates_and_is_the_identity_at_eval():
+    model = resnet_jax.create_model("resnet20", num_classes=10, drop_path_rate=0.2)
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    variables = model.init(jax.random.key(1), x)
+    rates = {}
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and hasattr(context.module, "drop_path"):
+            rates[context.module.name] = context.module.drop_path
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        model.apply(variables, x)
+    # timm's rule: 0 at the first of the 9 blocks, rising linearly to the rate at the last.
+    names = [f"stage{i}_block{j}" for i in (1, 2, 3) for j in (1, 2, 3)]
+    np.testing.assert_allclose([rates[n] for n in names], 0.2 * np.arange(9) / 8, rtol=0, atol=1e-12)
+    plain = resnet_jax.create_model("resnet20", num_classes=10)
+    # Eval: exactly the network without it.
+    np.testing.assert_array_equal(model.apply(variables, x), plain.apply(variables, x))
+    # Train: a 'dropout' rng is needed, and the output changes with it.
+    run = lambda m, seed: m.apply(  # noqa: E731
+        variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(seed)}
+    )[0]
+    assert not np.array_equal(run(model, 0), run(plain, 0))
+    assert not np.array_equal(run(model, 0), run(model, 1))
+    with pytest.raises(ValueError, match=r"drop_path_rate=1.0 must be in \[0, 1\)"):
+        resnet_jax.create_model("resnet20", drop_path_rate=1.0).init(jax.random.key(0), x)

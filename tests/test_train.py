@@ -161,6 +161,7 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
         "--config.auto_augment=trivialaugment",
         "--config.random_erasing=0.25",
         "--config.repeated_augmentations=4",
+        "--config.drop_path_rate=0.1",  # stochastic depth draws from the step's rng: resumes too
     ]
     _main(tmp_path / "straight", *flags)
     killed = tmp_path / "killed"

@@ -212,6 +212,7 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
         in_channels=data.image_shape[-1],
         dtype=jnp.dtype(config.dtype),
         drop_rate=config.drop_rate,
+        drop_path_rate=config.drop_path_rate,
     )
     model = resnet_jax.create_model(config.model, **model_kw)
     x = jnp.zeros((1, *data.image_shape), jnp.float32)

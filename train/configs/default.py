@@ -15,6 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "resnet20"
     config.dtype = "float32"  # 'bfloat16': bf16 compute, float32 params and BN statistics
     config.drop_rate = 0.0  # dropout before the classifier
+    config.drop_path_rate = 0.0  # stochastic depth at the last block, 0 at the first (timm's rule)
 
     # Data: 'digits' (bundled), 'image_folder' (data_dir/train/CLASS/*, data_dir/test/CLASS/*)
     # or any TFDS image-classification dataset name (cifar10, mnist, imagenet2012, ...).
