@@ -255,6 +255,34 @@ _EIGHT_DEVICES = textwrap.dedent(
     assert abs(per_device - l1[0]) / l1[0] > 10 * forward
     print("losses 1 device:", l1, "8 devices:", l8)
     assert l1[-1] < l1[0] and l8[-1] < l8[0]  # later steps amplify rounding: both train, not compared
+
+    # Mixup/cutmix on the device, with BCE: the partner of each example is its neighbour in
+    # the global batch, so the sharded step mixes the same pairs as the 1-device one.
+    from train import mixing
+    mixed = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = train_lib.create_mesh(devices)
+        tx = optax.sgd(0.1, momentum=0.9)
+        state = train_lib.create_train_state(model, tx, (8, 8, 3), jax.random.key(0))
+        state = train_lib.replicate(state, mesh)
+        p_train, _ = train_lib.make_steps(
+            mesh, mix=mixing.MixConfig(mixup_alpha=0.2, cutmix_alpha=1.0), loss="bce")
+        losses = []
+        for i in range(10):
+            b = batches[i % 3]
+            key = train_lib.replicate(jax.random.key(1), mesh)
+            state, m = p_train(state, train_lib.shard_batch(b, mesh), key)
+            losses.append(float(m["loss"]) / float(m["count"]))
+        mixed.append(np.asarray(losses))
+    worst = np.max(np.abs(mixed[1] - mixed[0]) / mixed[0])
+    print("mixed, BCE: losses 1 device:", mixed[0].tolist(), "8 devices:", mixed[1].tolist())
+    print(f"mixed, BCE: worst relative difference over 10 steps {worst:.2e}")
+    print(tolerances.report("mixed step 1 loss", abs(mixed[1][0] - mixed[0][0]) / mixed[0][0], forward))
+    assert abs(mixed[1][0] - mixed[0][0]) / mixed[0][0] <= forward
+    # The issue's bound for the first 10 losses, 1e-5: measured 1.1e-7 on an AMD EPYC. Ten
+    # SGD steps of this 2-block net carry the step-1 rounding (7e-8) on with a gain of
+    # about 3; the bound leaves 90x for other CPUs' kernels.
+    assert worst <= 1e-5
     print("OK")
     """
 )

@@ -21,6 +21,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import resnet_jax
+from train import mixing
 from train.mesh import DATA_AXIS
 
 Batch = Mapping[str, jax.Array]
@@ -109,32 +110,47 @@ def train_step(
     ema_decay: float = 0.0,
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
+    mix: mixing.MixConfig = mixing.NO_MIXING,
+    loss: str = "softmax",
+    bce_threshold: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on ``batch`` (``image`` (B, H, W, C), ``label`` (B,)); uint8
-    images are normalised with ``mean`` and ``std`` first (``normalize_images``).
+    images are normalised with ``mean`` and ``std`` first (``normalize_images``), then
+    mixed on the device when ``mix`` is enabled (``train.mixing``). The loss is softmax
+    cross-entropy or, with ``loss='bce'``, binary cross-entropy (``mixing.soft_loss``).
 
     With ``ema_decay`` > 0, ``ema_params`` moves towards the new params by ``1 - ema_decay``.
     Returns the new state and the batch's metric sums (see ``compute_metrics``).
     """
     dropout_rng = jax.random.fold_in(rng, state.step)
+    images = normalize_images(batch["image"], mean, std)
+    images, lam = mixing.mix(jax.random.fold_in(dropout_rng, 1), images, mix)
+    soft = mix.enabled or loss != "softmax"
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
-            normalize_images(batch["image"], mean, std),
+            images,
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": dropout_rng},
         )
-        loss = jnp.mean(cross_entropy_loss(logits, batch["label"], label_smoothing))
-        return loss, (logits, updates["batch_stats"])
+        if soft:
+            targets = mixing.soft_targets(batch["label"], logits.shape[-1], label_smoothing)
+            per_example = mixing.soft_loss(logits, mixing.mix_targets(targets, lam), loss, bce_threshold)
+        else:
+            per_example = cross_entropy_loss(logits, batch["label"], label_smoothing)
+        return jnp.mean(per_example), (logits, updates["batch_stats"], per_example)
 
-    (_, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (logits, batch_stats, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema_decay > 0:
         ema = optax.incremental_update(new_state.params, state.ema_params, step_size=1.0 - ema_decay)
         new_state = new_state.replace(ema_params=ema)
-    return new_state, compute_metrics(logits, batch["label"])
+    metrics = compute_metrics(logits, batch["label"])
+    if soft:  # report the loss trained on (mixed targets, BCE), not the plain cross-entropy
+        metrics["loss"] = jnp.sum(per_example)
+    return new_state, metrics
 
 
 def eval_step(
@@ -158,6 +174,9 @@ def make_steps(
     ynnpack: bool = True,
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
+    mix: mixing.MixConfig = mixing.NO_MIXING,
+    loss: str = "softmax",
+    bce_threshold: float = 0.0,
 ) -> tuple[Callable[..., tuple[TrainState, dict[str, jax.Array]]], Callable[..., dict[str, jax.Array]]]:
     """The jitted train and eval steps for ``mesh``: replicated, donated state; sharded data;
     uint8 images normalised on the devices with ``mean`` and ``std``.
@@ -170,7 +189,14 @@ def make_steps(
     options = resnet_jax.xla.compiler_options(mesh.devices.flat[0].platform, ynnpack)
     p_train = jax.jit(
         functools.partial(
-            train_step, label_smoothing=label_smoothing, ema_decay=ema_decay, mean=tuple(mean), std=tuple(std)
+            train_step,
+            label_smoothing=label_smoothing,
+            ema_decay=ema_decay,
+            mean=tuple(mean),
+            std=tuple(std),
+            mix=mix,
+            loss=loss,
+            bce_threshold=bce_threshold,
         ),
         in_shardings=(replicated, data, replicated),
         out_shardings=(replicated, replicated),

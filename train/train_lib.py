@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import resnet_jax
+from train import mixing
 from train.mesh import (  # noqa: F401  (re-exported: the trainer's public pieces)
     DATA_AXIS,
     DevicePrefetchIterator,
@@ -104,6 +105,7 @@ def _check_config(config: Any) -> None:
     _choice("lr_schedule", config.lr_schedule, SCHEDULES)
     _choice("dtype", config.dtype, DTYPES)
     augment.check_augmentation(config)
+    mixing.mix_config(config)
     if config.model not in resnet_jax.list_models():
         resnet_jax.create_model(config.model)  # raises, with close-name suggestions
     for field in ("batch_size", "log_every_steps", "grad_accum_steps", "keep_checkpoints"):
@@ -271,8 +273,9 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
             print(f"resuming from the checkpoint at step {start_step} of {total} in {workdir}", flush=True)
         print(duration, flush=True)
     p_train, p_eval = make_steps(
-        mesh, config.label_smoothing, config.ema_decay, config.cpu_ynnpack, config.mean, config.std
-    )
+        mesh, config.label_smoothing, config.ema_decay, config.cpu_ynnpack, config.mean, config.std,
+        mix=mixing.mix_config(config), loss=config.loss, bce_threshold=config.bce_threshold,
+    )  # fmt: skip
     eval_every = config.eval_every_steps or data.steps_per_epoch
     ckpt_every = config.checkpoint_every_steps or data.steps_per_epoch
 

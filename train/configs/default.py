@@ -76,6 +76,13 @@ def get_config() -> ml_collections.ConfigDict:
     # > 0 wins over num_epochs; on the command line, --config.num_epochs clears it (train.main).
     config.num_train_steps = -1
     config.label_smoothing = 0.0
+    # On the device, in the train step (train/mixing.py): one of mixup and cutmix per batch.
+    config.mixup_alpha = 0.0  # > 0: mixup, lambda ~ Beta(alpha, alpha)
+    config.cutmix_alpha = 0.0  # > 0: cutmix, lambda ~ Beta(alpha, alpha), then the box's true area
+    config.mix_switch_prob = 0.5  # with both on: the probability a batch gets cutmix
+    config.mix_prob = 1.0  # the probability a batch is mixed at all
+    config.loss = "softmax"  # 'softmax' cross-entropy | 'bce' (binary, per class; timm's)
+    config.bce_threshold = 0.0  # 'bce': > 0 binarises the soft targets (t > threshold; RSB: 0.2)
     config.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
     config.grad_accum_steps = 1  # > 1: one optimizer update every this many batches
     config.ema_decay = 0.0  # > 0: keep an EMA of the weights and evaluate with it
