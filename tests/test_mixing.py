@@ -94,3 +94,18 @@ def test_bce_equals_a_hand_computed_value():
     )
     with pytest.raises(ValueError, match=r"unknown loss 'focal'; valid: softmax, bce"):
         mixing.soft_loss(logits, soft, "focal")
+
+
+def test_the_configs_mixing_fields_are_checked():
+    from train.configs import default
+
+    assert mixing.mix_config(default.get_config()) == mixing.NO_MIXING
+    for field, value, match in (
+        ("mixup_alpha", -0.2, r"config.mixup_alpha=-0.2 must be >= 0"),
+        ("mix_switch_prob", 1.5, r"config.mix_switch_prob=1.5 is a probability"),
+        ("loss", "focal", r"unknown loss 'focal'; valid: softmax, bce"),
+    ):
+        config = default.get_config()
+        config[field] = value
+        with pytest.raises(ValueError, match=match):
+            mixing.mix_config(config)

@@ -162,6 +162,10 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
         "--config.random_erasing=0.25",
         "--config.repeated_augmentations=4",
         "--config.drop_path_rate=0.1",  # stochastic depth draws from the step's rng: resumes too
+        # and so do mixup and cutmix, on the device, with the BCE loss.
+        "--config.mixup_alpha=0.2",
+        "--config.cutmix_alpha=1.0",
+        "--config.loss=bce",
     ]
     _main(tmp_path / "straight", *flags)
     killed = tmp_path / "killed"
