@@ -1,5 +1,5 @@
 r"""python -m bench.train_throughput --model=NAME --image-size=N --batch-size=B \
-    [--dtype=bfloat16] [--compare-torch] [--ynnpack=on|off] [--cpu-devices=N]
+    [--dtype=bfloat16] [--compare-torch] [--ynnpack=on|off] [--cpu-devices=N] [--mixing]
 
 Times resnet_jax's real train step: ``train_lib.make_steps``, the function ``train.main``
 runs (SGD with momentum, weight decay, BatchNorm updates, metrics), on one synthetic batch
@@ -9,6 +9,11 @@ windows of ``--steps``, each ended by ``block_until_ready``; the median window c
 
 On a CPU the step is compiled with ``resnet_jax.xla.compiler_options()`` (XLA's YNNPACK
 kernels), as the trainer compiles it; ``--ynnpack=off`` gives XLA's own kernels.
+
+``--mixing`` also times the step with on-device mixup (alpha 0.2) and cutmix (alpha 1.0),
+one per batch (torchvision's IMAGENET1K_V2 values), against the plain step: the two
+compiled steps alternate window by window, so the machine's drift falls on both, and the
+extra time per step is printed.
 
 ``--compare-torch`` times the same architecture from torchvision (the CIFAR ResNets from
 ``bench/torch_models.py``) in the same run, with PyTorch's best settings: channels_last,
@@ -128,6 +133,52 @@ def time_jax(args: argparse.Namespace) -> dict[str, Any]:
         "platform": device.platform,
         "xla_options": resnet_jax.xla.compiler_options(device.platform, args.ynnpack == "on"),
     }
+
+
+def time_mixing(args: argparse.Namespace) -> dict[str, float]:
+    """Median seconds per step of the plain step and of the mixup/cutmix step, timed in
+    alternating windows on the same batch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import resnet_jax
+    from train import mixing, train_lib
+    from train.configs import default
+
+    config = default.get_config()
+    mesh = train_lib.create_mesh()
+    overrides = {"num_classes": args.num_classes} if args.num_classes else {}
+    model = resnet_jax.create_model(args.model, dtype=jnp.dtype(args.dtype), **overrides)
+    shape = (args.image_size, args.image_size, model.in_channels)
+    tx = train_lib.create_optimizer(config, train_lib.create_learning_rate_fn(config, steps_per_epoch=100))
+    data = np.random.default_rng(0)
+    batch = train_lib.shard_batch(
+        {
+            "image": data.integers(0, 256, (args.batch_size, *shape), dtype=np.uint8),
+            "label": data.integers(0, model.num_classes, args.batch_size).astype(np.int32),
+        },
+        mesh,
+    )
+    rng = train_lib.replicate(jax.random.key(1), mesh)
+    runs = {}
+    for name, mix in (("plain", mixing.NO_MIXING), ("mixup+cutmix", mixing.MixConfig(0.2, 1.0))):
+        state = train_lib.replicate(train_lib.create_train_state(model, tx, shape, jax.random.key(0)), mesh)
+        p_train, _ = train_lib.make_steps(mesh, ynnpack=args.ynnpack == "on", mix=mix)
+        compiled = p_train.lower(state, batch, rng).compile()
+        holder = {"state": state}
+
+        def step(compiled=compiled, holder=holder):
+            holder["state"], metrics = compiled(holder["state"], batch, rng)
+            return metrics
+
+        for _ in range(args.warmup):
+            jax.block_until_ready(step())
+        runs[name] = (step, [])
+    for _ in range(args.windows):
+        for step, windows in runs.values():
+            windows.extend(time_windows(step, jax.block_until_ready, args.steps, 1))
+    return {name: statistics.median(windows) for name, (_, windows) in runs.items()}
 
 
 def breakdown(args: argparse.Namespace) -> dict[str, float]:
@@ -286,6 +337,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--cpu-devices", type=int, default=0, help="CPU: split it into N JAX devices (default: JAX's, 1)"
     )
     parser.add_argument(
+        "--mixing", action="store_true", help="also time the step with on-device mixup and cutmix"
+    )
+    parser.add_argument(
         "--torch-compile", default="on", choices=("on", "off"), help="also time torch.compile (default on)"
     )
     args = parser.parse_args(argv)
@@ -328,6 +382,14 @@ def main(argv: list[str] | None = None) -> int:
         else "n/a (peak unknown: --peak-tflops)"
     )
     print(f"  XLA flops: {jx['flops_per_step'] / 1e9:.1f} GFLOP per step per device; MFU {mfu}")
+    if args.mixing:
+        times = time_mixing(args)
+        plain, mixed = times["plain"], times["mixup+cutmix"]
+        print(
+            f"  mixing:    plain {plain * 1e3:.1f} ms, with mixup+cutmix {mixed * 1e3:.1f} ms per step "
+            f"(uint8 batch; medians of {args.windows} alternating windows of {args.steps}): "
+            f"{100 * (mixed / plain - 1):+.1f}%"
+        )
     if args.breakdown:
         for name, ms in breakdown(args).items():
             print(f"  {name + ':':28s}{ms:8.1f} ms")

@@ -43,11 +43,14 @@ def test_train_throughput_against_torch_ends_with_the_ratio():
 def test_train_throughput_levers_xla_kernels_and_cpu_devices():
     proc = _run(
         "bench.train_throughput", "--model=resnet20", "--image-size=16", "--batch-size=8",
-        "--steps=2", "--windows=1", "--warmup=1", "--ynnpack=off", "--cpu-devices=2",
+        "--steps=2", "--windows=1", "--warmup=1", "--ynnpack=off", "--cpu-devices=2", "--mixing",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resnet20 16x16, batch 8, float32 on 2 x cpu" in proc.stdout
     assert "XLA compiler options: none" in proc.stdout
+    assert re.search(
+        r"mixing: +plain [\d.]+ ms, with mixup\+cutmix [\d.]+ ms per step .*: [+-]\d+\.\d%", proc.stdout
+    )
 
 
 def test_train_throughput_refuses_bad_input(capsys):
