@@ -77,7 +77,8 @@ def mix(rng: jax.Array, images: jax.Array, config: MixConfig) -> tuple[jax.Array
     # One weight per pixel for the example's own image, with no branch in the program (a
     # lax.cond between the two cost the CPU step several percent): lam everywhere for
     # mixup; 0 inside the pasted box and 1 outside for cutmix.
-    weight, lam = beta(k_mixup, config.mixup_alpha), beta(k_mixup, config.mixup_alpha)
+    lam = beta(k_mixup, config.mixup_alpha)
+    weight = lam
     if config.cutmix_alpha > 0:
         y1, y2, x1, x2 = cutmix_box(k_box, beta(k_cutmix, config.cutmix_alpha), height, width)
         rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
