@@ -71,7 +71,9 @@ def time_windows(
     return out
 
 
-def time_jax(args: argparse.Namespace) -> dict[str, Any]:
+def _setup(args: argparse.Namespace, uint8: bool = False) -> tuple[Any, ...]:
+    """The trainer's optimizer (SGD, momentum 0.9, weight decay), the model's state on
+    the mesh, one batch on the devices (normal floats, or uint8 pixels) and a step rng."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -80,26 +82,37 @@ def time_jax(args: argparse.Namespace) -> dict[str, Any]:
     from train import train_lib
     from train.configs import default
 
-    config = default.get_config()  # the trainer's optimizer: SGD, momentum 0.9, weight decay
-    if args.cpu_devices:
-        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    config = default.get_config()
     mesh = train_lib.create_mesh()
     train_lib.check_batch_size(args.batch_size, mesh)
     overrides = {"num_classes": args.num_classes} if args.num_classes else {}
     model = resnet_jax.create_model(args.model, dtype=jnp.dtype(args.dtype), **overrides)
     shape = (args.image_size, args.image_size, model.in_channels)
     tx = train_lib.create_optimizer(config, train_lib.create_learning_rate_fn(config, steps_per_epoch=100))
-    state = train_lib.create_train_state(model, tx, shape, jax.random.key(0))
-    state = train_lib.replicate(state, mesh)
-    rng = train_lib.replicate(jax.random.key(1), mesh)
     data = np.random.default_rng(0)
-    batch = train_lib.shard_batch(
-        {
-            "image": data.normal(size=(args.batch_size, *shape)).astype(np.float32),
-            "label": data.integers(0, model.num_classes, args.batch_size).astype(np.int32),
-        },
-        mesh,
-    )
+    if uint8:
+        images = data.integers(0, 256, (args.batch_size, *shape), dtype=np.uint8)
+    else:
+        images = data.normal(size=(args.batch_size, *shape)).astype(np.float32)
+    labels = data.integers(0, model.num_classes, args.batch_size).astype(np.int32)
+    batch = train_lib.shard_batch({"image": images, "label": labels}, mesh)
+
+    def fresh_state():
+        return train_lib.replicate(train_lib.create_train_state(model, tx, shape, jax.random.key(0)), mesh)
+
+    return mesh, fresh_state, batch, train_lib.replicate(jax.random.key(1), mesh)
+
+
+def time_jax(args: argparse.Namespace) -> dict[str, Any]:
+    import jax
+
+    import resnet_jax
+    from train import train_lib
+
+    if args.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    mesh, fresh_state, batch, rng = _setup(args)
+    state = fresh_state()
     p_train, _ = train_lib.make_steps(mesh, ynnpack=args.ynnpack == "on")
     start = time.perf_counter()
     compiled = p_train.lower(state, batch, rng).compile()
@@ -139,31 +152,13 @@ def time_mixing(args: argparse.Namespace) -> dict[str, float]:
     """Median seconds per step of the plain step and of the mixup/cutmix step, timed in
     alternating windows on the same batch."""
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
-    import resnet_jax
     from train import mixing, train_lib
-    from train.configs import default
 
-    config = default.get_config()
-    mesh = train_lib.create_mesh()
-    overrides = {"num_classes": args.num_classes} if args.num_classes else {}
-    model = resnet_jax.create_model(args.model, dtype=jnp.dtype(args.dtype), **overrides)
-    shape = (args.image_size, args.image_size, model.in_channels)
-    tx = train_lib.create_optimizer(config, train_lib.create_learning_rate_fn(config, steps_per_epoch=100))
-    data = np.random.default_rng(0)
-    batch = train_lib.shard_batch(
-        {
-            "image": data.integers(0, 256, (args.batch_size, *shape), dtype=np.uint8),
-            "label": data.integers(0, model.num_classes, args.batch_size).astype(np.int32),
-        },
-        mesh,
-    )
-    rng = train_lib.replicate(jax.random.key(1), mesh)
+    mesh, fresh_state, batch, rng = _setup(args, uint8=True)
     runs = {}
     for name, mix in (("plain", mixing.NO_MIXING), ("mixup+cutmix", mixing.MixConfig(0.2, 1.0))):
-        state = train_lib.replicate(train_lib.create_train_state(model, tx, shape, jax.random.key(0)), mesh)
+        state = fresh_state()
         p_train, _ = train_lib.make_steps(mesh, ynnpack=args.ynnpack == "on", mix=mix)
         compiled = p_train.lower(state, batch, rng).compile()
         holder = {"state": state}
