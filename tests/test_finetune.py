@@ -18,7 +18,7 @@ from flax import traverse_util
 
 import resnet_jax
 from resnet_jax import convert
-from train import finetune, train_lib
+from train import finetune, optim, train_lib
 from train.configs import default
 
 
@@ -29,7 +29,7 @@ def params():
 
 
 def _frozen(params, spec):
-    return sorted("/".join(k) for k, v in finetune.frozen_mask(params, spec).items() if v)
+    return sorted("/".join(k) for k, v in optim.frozen_mask(params, spec).items() if v)
 
 
 def test_freeze_specs(params):
@@ -40,11 +40,11 @@ def test_freeze_specs(params):
     }  # fmt: skip
     assert _frozen(params, r"stage3_block\d/conv2") == [f"stage3_block{i}/conv2/kernel" for i in (1, 2, 3)]
     assert _frozen(params, "") == []
-    assert finetune.frozen_parts(params, "backbone") == ("stage1", "stage2", "stage3", "stem")
+    assert optim.frozen_parts(params, "backbone") == ("stage1", "stage2", "stage3", "stem")
     with pytest.raises(ValueError, match=r"freeze='stage9_\.\*' matches no parameter"):
-        finetune.frozen_mask(params, "stage9_.*")
+        optim.frozen_mask(params, "stage9_.*")
     with pytest.raises(ValueError, match=r"freeze='\[' is neither 'backbone'"):
-        finetune.frozen_mask(params, "[")
+        optim.frozen_mask(params, "[")
 
 
 def _config(**overrides):
@@ -62,9 +62,7 @@ def _real_params():
 
 def test_frozen_parameters_stay_bitwise_and_hold_no_optimizer_state():
     params = _real_params()
-    tx = finetune.create_optimizer(
-        _config(freeze="backbone"), optax.constant_schedule(0.1), params, train_lib.create_optimizer
-    )
+    tx = optim.create_optimizer(_config(freeze="backbone"), optax.constant_schedule(0.1), params)
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
     new = params
@@ -84,7 +82,7 @@ def test_head_multiplier_and_layer_decay():
     params = _real_params()
     grads = jax.tree.map(jnp.ones_like, params)
     config = _config(momentum=0.0, weight_decay=0.0, head_lr_multiplier=10.0, layer_decay=0.5)
-    tx = finetune.create_optimizer(config, optax.constant_schedule(0.1), params, train_lib.create_optimizer)
+    tx = optim.create_optimizer(config, optax.constant_schedule(0.1), params)
     updates, _ = tx.update(grads, tx.init(params), params)
     # head: 0.1 * 10; stage3: 0.1 * 0.5; stem: 0.1 * 0.5**4 (stem, stage1..3, head).
     # A few float32 products each (pytest.approx: 1e-6 relative, ~16 roundings of u = 6e-8).

@@ -1,112 +1,22 @@
-"""Fine-tuning: start from saved weights, freeze parts, give parts their own learning rate.
+"""Fine-tuning: what comes in from a source of weights.
 
-- ``init_from``: a registered weights tag of the model (``torchvision_v1``), a directory
-  written by ``python -m resnet_jax.convert``, or a training workdir (its newest
-  checkpoint). Matching subtrees are restored; a head of another size is re-initialised;
-  any other shape mismatch is an error that names the path and both shapes. ``restore``
-  returns a printed report.
-- ``freeze``: ``backbone`` (all but the head), part names (``stem``, ``stage1`` ...,
-  comma-separated), or a regular expression over ``/``-joined parameter paths. Frozen
-  parameters get ``optax.set_to_zero`` through ``optax.multi_transform``: they keep their
-  exact values and carry no optimizer state.
-- Learning rates per group: ``head_lr_multiplier`` and ``backbone_lr_multiplier``, and
-  ``layer_decay`` (< 1: each part towards the input gets another factor of it).
+``init_from`` is a registered weights tag of the model (``torchvision_v1``), a directory
+written by ``python -m resnet_jax.convert``, or a training workdir (its newest
+checkpoint). ``restore`` takes every matching array from it; a head of another size (or
+any head, with ``reinit_head``) is re-initialised; any other shape mismatch is an error
+that names the path and both shapes. It returns a report, which the trainer prints.
+
+Freezing and per-group learning rates are part of the optimizer: ``train.optim``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import jax
 import numpy as np
-import optax
 from flax import traverse_util
-
-FROZEN = "frozen"
-
-
-def part_of(path: tuple[str, ...], num_stages: int) -> str:
-    """The part a parameter belongs to: ``stem``, ``stage1`` .. ``stageN`` or ``head``."""
-    top = path[0]
-    if top.startswith("stem"):
-        return "stem"
-    if top == "final_norm":  # a v2 network's last norm closes its last stage
-        return f"stage{num_stages}"
-    if top == "head":
-        return "head"
-    return top.split("_", 1)[0]
-
-
-def _num_stages(params: Any) -> int:
-    return max(int(k[len("stage") :].split("_")[0]) for k in params if k.startswith("stage"))
-
-
-def frozen_mask(params: Any, spec: str) -> dict[tuple[str, ...], bool]:
-    """``{flat path: frozen?}`` for the ``freeze`` spec; an empty spec freezes nothing."""
-    flat = traverse_util.flatten_dict(params)
-    n = _num_stages(params)
-    spec = spec.strip()
-    if not spec:
-        return dict.fromkeys(flat, False)
-    parts = {"stem", "head", *(f"stage{i}" for i in range(1, n + 1))}
-    names = [s.strip() for s in spec.split(",")]
-    if spec == "backbone":
-        return {k: part_of(k, n) != "head" for k in flat}
-    if all(name in parts for name in names):
-        return {k: part_of(k, n) in names for k in flat}
-    try:
-        pattern = re.compile(spec)
-    except re.error as e:
-        raise ValueError(
-            f"freeze={spec!r} is neither 'backbone', part names ({', '.join(sorted(parts))}) "
-            f"nor a valid regular expression ({e})"
-        ) from None
-    mask = {k: bool(pattern.search("/".join(k))) for k in flat}
-    if not any(mask.values()):
-        example = "/".join(next(iter(flat)))
-        raise ValueError(f"freeze={spec!r} matches no parameter; paths look like {example!r}")
-    return mask
-
-
-def frozen_parts(params: Any, spec: str) -> tuple[str, ...]:
-    """The parts with any frozen parameter: where ``freeze_batch_stats`` freezes BatchNorm.
-
-    With nothing frozen (``freeze=''``), the trainer passes ``'backbone'``: every part's
-    BatchNorm then runs on running averages while all parameters train.
-    """
-    n = _num_stages(params)
-    return tuple(
-        sorted({part_of(k, n) for k, frozen in frozen_mask(params, spec).items() if frozen} - {"head"})
-    )
-
-
-def create_optimizer(
-    config: Any, learning_rate_fn: optax.Schedule, params: Any, make
-) -> optax.GradientTransformation:
-    """``make(config, schedule)`` per parameter group, frozen groups set to zero.
-
-    Without freezing or multipliers this is ``make(config, learning_rate_fn)`` itself.
-    """
-    mask = frozen_mask(params, config.freeze)
-    n = _num_stages(params)
-    decay = config.layer_decay
-    multipliers = {}
-    order = ["stem", *(f"stage{i}" for i in range(1, n + 1)), "head"]
-    for depth, part in enumerate(order):
-        m = config.head_lr_multiplier if part == "head" else config.backbone_lr_multiplier
-        if decay < 1.0:
-            m *= decay ** (len(order) - 1 - depth)
-        multipliers[part] = m
-    if not any(mask.values()) and all(m == 1.0 for m in multipliers.values()):
-        return make(config, learning_rate_fn)
-    labels = {k: FROZEN if frozen else part_of(k, n) for k, frozen in mask.items()}
-    transforms = {FROZEN: optax.set_to_zero()}
-    for part in set(labels.values()) - {FROZEN}:
-        m = multipliers[part]
-        transforms[part] = make(config, lambda step, m=m: m * learning_rate_fn(step))
-    return optax.multi_transform(transforms, traverse_util.unflatten_dict(labels))
 
 
 def _load_source(path: str, model: str = "") -> tuple[dict[str, Any], str]:

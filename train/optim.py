@@ -1,9 +1,24 @@
-"""The optimizer and the learning-rate schedule, as small pure functions of the config:
-optax's optimizers with weight decay masked off BatchNorm parameters and biases, optional
-clipping and gradient accumulation, and warmup then cosine, piecewise or constant."""
+"""The optimizer, in one place: the learning-rate schedule, the base optimizer, the
+weight-decay mask, frozen parameters and per-group learning-rate multipliers.
+
+``create_optimizer(config, schedule, params)`` builds all of it from the config:
+
+- the base optimizer (``sgd``, ``nesterov``, ``adam``, ``adamw``, ``lars``, ``lamb``) with
+  weight decay masked off BatchNorm parameters (and biases unless ``decay_biases``);
+- ``freeze``: ``backbone`` (all but the head), part names (``stem``, ``stage1`` ...,
+  comma-separated), or a regular expression over ``/``-joined parameter paths. Frozen
+  parameters get ``optax.set_to_zero`` through ``optax.multi_transform``: they keep their
+  exact values and carry no optimizer state;
+- per-group learning rates: ``head_lr_multiplier``, ``backbone_lr_multiplier`` and
+  ``layer_decay`` (< 1: each part towards the input gets another factor of it);
+- around all groups: clipping by the global norm (``grad_clip_norm``), then gradient
+  accumulation over ``grad_accum_steps`` micro-batches (``optax.MultiSteps``).
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import optax
@@ -11,6 +26,8 @@ from flax import traverse_util
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lars", "lamb")
 SCHEDULES = ("cosine", "piecewise", "constant")
+LR_UNITS = ("step", "epoch")
+FROZEN = "frozen"
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -19,27 +36,41 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def create_learning_rate_fn(config: Any, steps_per_epoch: int) -> optax.Schedule:
-    """Linear warmup from 0, then cosine, piecewise-constant or constant.
+# ---------------------------------------------------------------------------------------
+# The schedule.
 
-    Config fields: ``learning_rate``, ``warmup_epochs``, ``lr_schedule``, ``num_epochs``
-    (or ``num_train_steps`` when > 0), ``lr_boundaries`` (steps, for ``piecewise``; or
-    ``lr_boundary_epochs`` when that is empty) and ``lr_decay_factor`` (the factor applied
-    at each boundary). With ``lr_base_batch_size`` > 0 the peak is
-    ``learning_rate * batch_size / lr_base_batch_size``: the linear scaling rule of
-    Goyal et al. 2017 (0.1 per 256 images for ResNet-50 on ImageNet).
+
+def peak_learning_rate(config: Any) -> float:
+    """``learning_rate``, or with ``lr_base_batch_size`` > 0 the linear scaling rule of
+    Goyal et al. 2017: ``learning_rate * batch_size / lr_base_batch_size``."""
+    if getattr(config, "lr_base_batch_size", 0) > 0:
+        return config.learning_rate * config.batch_size / config.lr_base_batch_size
+    return config.learning_rate
+
+
+def create_learning_rate_fn(config: Any, steps_per_epoch: int) -> optax.Schedule:
+    """Linear warmup, then cosine, piecewise-constant or constant.
+
+    Config fields: ``learning_rate`` (the peak, see ``peak_learning_rate``),
+    ``warmup_epochs``, ``warmup_start_factor`` (the warmup starts at this times the peak:
+    0 by default; torchvision's ``--lr-warmup-decay`` 0.01), ``lr_schedule``, ``lr_min``
+    (the cosine's floor: timm's ``--min-lr``), ``num_epochs`` (or ``num_train_steps``
+    when > 0), ``lr_boundaries`` (steps, for ``piecewise``; or ``lr_boundary_epochs``
+    when that is empty), ``lr_decay_factor`` (the factor at each boundary), and
+    ``lr_unit``: ``step`` changes the lr every step; ``epoch`` holds each epoch at the
+    value of its first step, as torchvision's and timm's scripts step their schedulers.
     """
     schedule = _choice("lr_schedule", config.lr_schedule, SCHEDULES)
+    unit = _choice("lr_unit", getattr(config, "lr_unit", "step"), LR_UNITS)
     total = total_steps(config, steps_per_epoch)
     warmup = int(config.warmup_epochs * steps_per_epoch)
-    base = config.learning_rate
-    if getattr(config, "lr_base_batch_size", 0) > 0:
-        base = base * config.batch_size / config.lr_base_batch_size
+    base = peak_learning_rate(config)
     boundaries = tuple(config.lr_boundaries) or tuple(
         int(e * steps_per_epoch) for e in getattr(config, "lr_boundary_epochs", ())
     )
     if schedule == "cosine":
-        main = optax.cosine_decay_schedule(base, decay_steps=max(total - warmup, 1))
+        floor = getattr(config, "lr_min", 0.0)
+        main = optax.cosine_decay_schedule(base, decay_steps=max(total - warmup, 1), alpha=floor / base)
     elif schedule == "piecewise":
         # Boundaries count from step 0 of training, as in He et al. (32k and 48k iterations).
         main = optax.piecewise_constant_schedule(
@@ -47,9 +78,13 @@ def create_learning_rate_fn(config: Any, steps_per_epoch: int) -> optax.Schedule
         )
     else:
         main = optax.constant_schedule(base)
-    if warmup == 0:
-        return main
-    return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
+    if warmup > 0:
+        start = getattr(config, "warmup_start_factor", 0.0) * base
+        main = optax.join_schedules([optax.linear_schedule(start, base, warmup), main], [warmup])
+    if unit == "epoch":
+        per_step = main
+        main = lambda step: per_step((step // steps_per_epoch) * steps_per_epoch)  # noqa: E731
+    return main
 
 
 def total_steps(config: Any, steps_per_epoch: int) -> int:
@@ -63,47 +98,164 @@ def total_steps(config: Any, steps_per_epoch: int) -> int:
     return int(config.num_epochs * steps_per_epoch)
 
 
-def decay_mask(params: Any) -> Any:
-    """True for conv and dense kernels; False for BatchNorm scales/offsets and all biases.
+# ---------------------------------------------------------------------------------------
+# Parameter groups: decay, frozen parts, learning-rate multipliers.
+
+
+def decay_mask(params: Any, biases: bool = False) -> Any:
+    """True for conv and dense kernels (and biases with ``biases``); False for BatchNorm's
+    scales and offsets.
 
     Decaying a BN scale towards zero fights the normalisation, and decaying biases gains
-    nothing (Goyal et al. 2017 §5.1; the "no bias decay" of He et al. 2019).
+    nothing (Goyal et al. 2017 §5.1; the "no bias decay" of He et al. 2019). timm's
+    recipes exclude both; torchvision's (``--norm-weight-decay 0``) decays the biases.
     """
     flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({k: k[-1] == "kernel" for k in flat})
+    norm = lambda path: any("norm" in p or p.startswith("bn") for p in path[:-1])  # noqa: E731
+    keep = {k: k[-1] == "kernel" or (biases and k[-1] == "bias" and not norm(k)) for k in flat}
+    return traverse_util.unflatten_dict(keep)
 
 
-def create_optimizer(config: Any, learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
-    """The optimizer named by ``config.optimizer``, with masked weight decay.
+def part_of(path: tuple[str, ...], num_stages: int) -> str:
+    """The part a parameter belongs to: ``stem``, ``stage1`` .. ``stageN`` or ``head``."""
+    top = path[0]
+    if top.startswith("stem"):
+        return "stem"
+    if top == "final_norm":  # a v2 network's last norm closes its last stage
+        return f"stage{num_stages}"
+    if top == "head":
+        return "head"
+    return top.split("_", 1)[0]
 
-    Optional: gradient clipping by global norm (``grad_clip_norm`` > 0) and gradient
-    accumulation over ``grad_accum_steps`` micro-batches (optax.MultiSteps).
+
+def _num_stages(params: Any) -> int:
+    return max(int(k[len("stage") :].split("_")[0]) for k in params if k.startswith("stage"))
+
+
+def frozen_mask(params: Any, spec: str) -> dict[tuple[str, ...], bool]:
+    """``{flat path: frozen?}`` for the ``freeze`` spec; an empty spec freezes nothing."""
+    flat = traverse_util.flatten_dict(params)
+    n = _num_stages(params)
+    spec = spec.strip()
+    if not spec:
+        return dict.fromkeys(flat, False)
+    parts = {"stem", "head", *(f"stage{i}" for i in range(1, n + 1))}
+    names = [s.strip() for s in spec.split(",")]
+    if spec == "backbone":
+        return {k: part_of(k, n) != "head" for k in flat}
+    if all(name in parts for name in names):
+        return {k: part_of(k, n) in names for k in flat}
+    try:
+        pattern = re.compile(spec)
+    except re.error as e:
+        raise ValueError(
+            f"freeze={spec!r} is neither 'backbone', part names ({', '.join(sorted(parts))}) "
+            f"nor a valid regular expression ({e})"
+        ) from None
+    mask = {k: bool(pattern.search("/".join(k))) for k in flat}
+    if not any(mask.values()):
+        example = "/".join(next(iter(flat)))
+        raise ValueError(f"freeze={spec!r} matches no parameter; paths look like {example!r}")
+    return mask
+
+
+def frozen_parts(params: Any, spec: str) -> tuple[str, ...]:
+    """The parts with any frozen parameter: where ``freeze_batch_stats`` freezes BatchNorm.
+
+    With nothing frozen (``freeze=''``), the trainer passes ``'backbone'``: every part's
+    BatchNorm then runs on running averages while all parameters train.
     """
+    n = _num_stages(params)
+    return tuple(
+        sorted({part_of(k, n) for k, frozen in frozen_mask(params, spec).items() if frozen} - {"head"})
+    )
+
+
+def lr_multipliers(config: Any, num_stages: int) -> dict[str, float]:
+    """``{part: multiplier}``: the head's and the backbone's, times ``layer_decay`` per
+    part below the head."""
+    order = ["stem", *(f"stage{i}" for i in range(1, num_stages + 1)), "head"]
+    decay = getattr(config, "layer_decay", 1.0)
+    out = {}
+    for depth, part in enumerate(order):
+        m = getattr(config, "head_lr_multiplier" if part == "head" else "backbone_lr_multiplier", 1.0)
+        out[part] = m * decay ** (len(order) - 1 - depth) if decay < 1.0 else m
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The optimizer.
+
+
+def _lamb(lr: Any, weight_decay: float, mask: Any) -> optax.GradientTransformation:
+    """timm's ``Lamb``: Adam's step (eps 1e-6) plus decoupled decay, scaled by the trust
+    ratio ||w|| / ||update|| on the decayed parameters only (timm adapts a group without
+    decay only with ``always_adapt``, off by default); optax.lamb adapts every parameter."""
+    return optax.chain(
+        optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.masked(optax.scale_by_trust_ratio(), mask),
+        optax.scale_by_learning_rate(lr),
+    )
+
+
+def base_optimizer(config: Any, lr: Any, mask: Any) -> optax.GradientTransformation:
+    """The optimizer named by ``config.optimizer`` at learning rate ``lr`` (a schedule),
+    decaying the parameters where ``mask`` is True by ``config.weight_decay``."""
     name = _choice("optimizer", config.optimizer, OPTIMIZERS)
-    wd, lr, momentum = config.weight_decay, learning_rate_fn, config.momentum
+    wd, momentum = config.weight_decay, config.momentum
+    if name in ("sgd", "nesterov"):
+        # Decay added to the gradient before momentum: PyTorch's SGD(weight_decay=...).
+        return optax.chain(
+            optax.add_decayed_weights(wd, mask=mask),
+            optax.sgd(lr, momentum=momentum or None, nesterov=name == "nesterov"),
+        )
+    if name == "adam":
+        return optax.chain(optax.add_decayed_weights(wd, mask=mask), optax.adam(lr))
+    if name == "adamw":
+        return optax.adamw(lr, weight_decay=wd, mask=mask)
+    if name == "lars":
+        return optax.lars(
+            lr, weight_decay=wd, weight_decay_mask=mask, trust_ratio_mask=mask, momentum=momentum
+        )
+    return _lamb(lr, wd, mask)
+
+
+def create_optimizer(
+    config: Any, learning_rate_fn: optax.Schedule, params: Any = None
+) -> optax.GradientTransformation:
+    """The whole optimizer for ``params`` (or their shapes): see the module docstring.
+
+    Without ``params`` there are no groups: nothing frozen, every multiplier 1.
+    """
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
     k = config.grad_accum_steps
+    lr = learning_rate_fn
     if k > 1:
         # The schedule is written in train steps (micro-batches); the inner optimizer
         # counts updates, one per k micro-batches.
         lr = lambda count: learning_rate_fn(count * k)  # noqa: E731
-    if name in ("sgd", "nesterov"):
-        # Decay added to the gradient before momentum: PyTorch's SGD(weight_decay=...).
-        tx = optax.chain(
-            optax.add_decayed_weights(wd, mask=decay_mask),
-            optax.sgd(lr, momentum=momentum or None, nesterov=name == "nesterov"),
-        )
-    elif name == "adam":
-        tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask), optax.adam(lr))
-    elif name == "adamw":
-        tx = optax.adamw(lr, weight_decay=wd, mask=decay_mask)
-    elif name == "lars":
-        tx = optax.lars(
-            lr, weight_decay=wd, weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask, momentum=momentum
-        )
+    biases = getattr(config, "decay_biases", False)
+    mask = lambda p: decay_mask(p, biases)  # noqa: E731
+    spec = getattr(config, "freeze", "")
+    if params is None:
+        if spec.strip():
+            raise ValueError(f"freeze={spec!r} needs the parameters: create_optimizer(config, lr, params)")
+        frozen, multipliers, n = {}, {}, 0
     else:
-        tx = optax.lamb(lr, weight_decay=wd, mask=decay_mask)
+        frozen, n = frozen_mask(params, spec), _num_stages(params)
+        multipliers = lr_multipliers(config, n)
+    if not any(frozen.values()) and all(math.isclose(m, 1.0) for m in multipliers.values()):
+        tx = base_optimizer(config, lr, mask)
+    else:
+        labels = {path: FROZEN if f else part_of(path, n) for path, f in frozen.items()}
+        transforms = {FROZEN: optax.set_to_zero()}
+        for part in set(labels.values()) - {FROZEN}:
+            m = multipliers[part]
+            transforms[part] = base_optimizer(config, lambda step, m=m: m * lr(step), mask)
+        tx = optax.multi_transform(transforms, traverse_util.unflatten_dict(labels))
     if config.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
-    if config.grad_accum_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
+    if k > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=k)
     return tx

@@ -45,6 +45,7 @@ from train.optim import (  # noqa: F401  (re-exported)
     create_learning_rate_fn,
     create_optimizer,
     decay_mask,
+    frozen_parts,
     total_steps,
 )
 from train.steps import (  # noqa: F401  (re-exported)
@@ -220,10 +221,10 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
     x = jnp.zeros((1, *data.image_shape), jnp.float32)
     param_shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)["params"]
     if config.freeze_batch_stats:
-        parts = finetune.frozen_parts(param_shapes, config.freeze or "backbone")
+        parts = frozen_parts(param_shapes, config.freeze or "backbone")
         model = resnet_jax.create_model(config.model, frozen_norm_parts=parts, **model_kw)
     learning_rate_fn = create_learning_rate_fn(config, data.steps_per_epoch)
-    tx = finetune.create_optimizer(config, learning_rate_fn, param_shapes, create_optimizer)
+    tx = create_optimizer(config, learning_rate_fn, param_shapes)
     init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
     state = create_train_state(model, tx, data.image_shape, init_rng, ema=config.ema_decay > 0)
 
