@@ -81,7 +81,8 @@ def quiet_failed_reads(step_dir: str) -> None:
 def load_variables(path: str, step: int | None = None, ema: bool = False) -> tuple[dict[str, Any], int]:
     """``({'params', 'batch_stats'}, step)`` from a workdir or its ``checkpoints`` directory,
     for inference or as a fine-tuning source: the newest step by default. ``ema=True``
-    takes the EMA weights (runs with ``ema_decay > 0``).
+    takes the EMA weights and their BatchNorm statistics (runs with ``ema_decay > 0``;
+    a checkpoint from before the EMA averaged the statistics gives the live ones).
     """
     directory = checkpoint_dir(path)
     manager = ocp.CheckpointManager(directory)
@@ -105,5 +106,7 @@ def load_variables(path: str, step: int | None = None, ema: bool = False) -> tup
         manager.close()
     if ema and not state.get("ema_params"):
         raise ValueError(f"the checkpoint at step {step} in {directory} holds no EMA weights")
-    params = state["ema_params"] if ema else state["params"]
-    return {"params": params, "batch_stats": state.get("batch_stats") or {}}, step
+    if ema:
+        stats = state.get("ema_batch_stats") or state.get("batch_stats") or {}
+        return {"params": state["ema_params"], "batch_stats": stats}, step
+    return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, step

@@ -54,7 +54,9 @@ def create_learning_rate_fn(config: Any, steps_per_epoch: int) -> optax.Schedule
     Config fields: ``learning_rate`` (the peak, see ``peak_learning_rate``),
     ``warmup_epochs``, ``warmup_start_factor`` (the warmup starts at this times the peak:
     0 by default; torchvision's ``--lr-warmup-decay`` 0.01), ``lr_schedule``, ``lr_min``
-    (the cosine's floor: timm's ``--min-lr``), ``num_epochs`` (or ``num_train_steps``
+    (the cosine's floor: timm's ``--min-lr``), ``warmup_prefix`` (True: the cosine starts
+    after the warmup, as torchvision's; False: timm's default, one cosine over the whole
+    run whose first epochs the warmup replaces), ``num_epochs`` (or ``num_train_steps``
     when > 0), ``lr_boundaries`` (steps, for ``piecewise``; or ``lr_boundary_epochs``
     when that is empty), ``lr_decay_factor`` (the factor at each boundary), and
     ``lr_unit``: ``step`` changes the lr every step; ``epoch`` holds each epoch at the
@@ -68,7 +70,12 @@ def create_learning_rate_fn(config: Any, steps_per_epoch: int) -> optax.Schedule
     boundaries = tuple(config.lr_boundaries) or tuple(
         int(e * steps_per_epoch) for e in getattr(config, "lr_boundary_epochs", ())
     )
-    if schedule == "cosine":
+    if schedule == "cosine" and not getattr(config, "warmup_prefix", True):
+        # timm's default: one cosine over the whole run, its first `warmup` steps replaced.
+        floor = getattr(config, "lr_min", 0.0)
+        whole = optax.cosine_decay_schedule(base, decay_steps=max(total, 1), alpha=floor / base)
+        main = lambda step: whole(step + warmup)  # noqa: E731
+    elif schedule == "cosine":
         floor = getattr(config, "lr_min", 0.0)
         main = optax.cosine_decay_schedule(base, decay_steps=max(total - warmup, 1), alpha=floor / base)
     elif schedule == "piecewise":

@@ -8,6 +8,7 @@ global batch, so N devices reproduce one device's result.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,10 +29,50 @@ Batch = Mapping[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState plus the BatchNorm running statistics and an optional weight EMA."""
+    """Flax's TrainState plus the BatchNorm running statistics and an optional EMA of the
+    weights and of those statistics (torchvision's and timm's EMA average both)."""
 
     batch_stats: Any = None
     ema_params: Any = None
+    ema_batch_stats: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ema:
+    """When and how the EMA moves (static in the compiled step).
+
+    At every ``every``-th step of an epoch, counted from the epoch's first step as
+    torchvision's ``i % model_ema_steps == 0`` (``steps_per_epoch`` 0: of the run), the
+    EMA moves towards the new weights by ``1 - decay``. Up to and including the first
+    update at step index ``copy_until`` or later it copies them instead: torchvision
+    resets its average through the warmup epochs. -1: never copies.
+    """
+
+    enabled: bool = False
+    decay: float = 0.0
+    every: int = 1
+    steps_per_epoch: int = 0
+    copy_until: int = -1
+
+
+def ema_config(config: Any, steps_per_epoch: int, total: int) -> Ema:
+    """The EMA of ``config``: ``ema_decay`` per update every ``ema_every_steps`` steps.
+
+    With ``ema_adjust`` the decay is torchvision's (``references/classification/train.py``):
+    ``alpha = min(1, (1 - ema_decay) * batch_size * ema_every_steps / epochs)``, decay
+    ``1 - alpha``, so that one decay serves any batch, interval and length.
+    ``ema_copy_during_warmup``: the EMA copies the weights until the warmup ends.
+    """
+    decay, every = float(config.ema_decay), int(getattr(config, "ema_every_steps", 1))
+    if decay <= 0:
+        return Ema()  # off
+    if getattr(config, "ema_adjust", False):
+        epochs = total / steps_per_epoch
+        decay = 1.0 - min(1.0, (1.0 - decay) * config.batch_size * every / epochs)
+    copy_until = -1
+    if getattr(config, "ema_copy_during_warmup", False):
+        copy_until = int(config.warmup_epochs * steps_per_epoch)
+    return Ema(True, decay, every, steps_per_epoch, copy_until)
 
 
 def create_train_state(
@@ -43,7 +84,8 @@ def create_train_state(
 ) -> TrainState:
     """Initialises the model for ``image_shape`` (H, W, C) and wraps it with ``tx``.
 
-    With ``ema`` the state also carries a copy of the params to average into.
+    With ``ema`` the state also carries a copy of the params and BatchNorm statistics to
+    average into.
     """
     x = jnp.zeros((1, *image_shape), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(rng, x)
@@ -54,6 +96,7 @@ def create_train_state(
         tx=tx,
         batch_stats=variables.get("batch_stats"),
         ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+        ema_batch_stats=jax.tree.map(jnp.copy, variables.get("batch_stats")) if ema else None,
     )
 
 
@@ -107,7 +150,7 @@ def train_step(
     batch: Batch,
     rng: jax.Array,
     label_smoothing: float = 0.0,
-    ema_decay: float = 0.0,
+    ema: Ema | float = 0.0,
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
     mix: mixing.MixConfig = mixing.NO_MIXING,
@@ -119,8 +162,9 @@ def train_step(
     mixed on the device when ``mix`` is enabled (``train.mixing``). The loss is softmax
     cross-entropy or, with ``loss='bce'``, binary cross-entropy (``mixing.soft_loss``).
 
-    With ``ema_decay`` > 0, ``ema_params`` moves towards the new params by ``1 - ema_decay``.
-    Returns the new state and the batch's metric sums (see ``compute_metrics``).
+    ``ema`` (an ``Ema``, or a decay for an update every step) moves ``ema_params`` and
+    ``ema_batch_stats`` towards the new values (``update_ema``). Returns the new state
+    and the batch's metric sums (see ``compute_metrics``).
     """
     dropout_rng = jax.random.fold_in(rng, state.step)
     images = normalize_images(batch["image"], mean, std)
@@ -144,13 +188,35 @@ def train_step(
 
     (_, (logits, batch_stats, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if ema_decay > 0:
-        ema = optax.incremental_update(new_state.params, state.ema_params, step_size=1.0 - ema_decay)
-        new_state = new_state.replace(ema_params=ema)
+    ema = ema if isinstance(ema, Ema) else Ema(enabled=ema > 0, decay=ema)
+    if ema.enabled:
+        new_state = update_ema(new_state, state.step, ema)
     metrics = compute_metrics(logits, batch["label"])
     if soft:  # report the loss trained on (mixed targets, BCE), not the plain cross-entropy
         metrics["loss"] = jnp.sum(per_example)
     return new_state, metrics
+
+
+def update_ema(state: TrainState, step: jax.Array, ema: Ema) -> TrainState:
+    """``state`` after the optimizer step of index ``step`` (0-based), its EMA moved."""
+    index = step % ema.steps_per_epoch if ema.steps_per_epoch else step
+    updates = index % ema.every == 0
+    copy = step <= _first_update_from(ema.copy_until, ema) if ema.copy_until >= 0 else False
+    weight = jnp.where(updates, jnp.where(copy, 1.0, 1.0 - ema.decay), 0.0)
+    # An exact copy or an exact no-op where weight is 1 or 0: w*new + (1-w)*old.
+    move = lambda new, old: optax.incremental_update(new, old, step_size=weight)  # noqa: E731
+    return state.replace(
+        ema_params=move(state.params, state.ema_params),
+        ema_batch_stats=move(state.batch_stats, state.ema_batch_stats) if state.batch_stats else None,
+    )
+
+
+def _first_update_from(start: int, ema: Ema) -> int:
+    """The index of the first EMA update at step index ``start`` or later."""
+    step = start
+    while (step % ema.steps_per_epoch if ema.steps_per_epoch else step) % ema.every:
+        step += 1
+    return step
 
 
 def eval_step(
@@ -159,10 +225,12 @@ def eval_step(
     """Metric sums over a batch; ``batch['mask']`` (B,) marks padding with 0. uint8 images
     are normalised as in ``train_step``.
 
-    Evaluates the EMA weights when the state keeps them.
+    Evaluates the EMA weights and statistics when the state keeps them.
     """
-    params = state.params if state.ema_params is None else state.ema_params
-    variables = {"params": params, "batch_stats": state.batch_stats}
+    if state.ema_params is None:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+    else:
+        variables = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
     logits = state.apply_fn(variables, normalize_images(batch["image"], mean, std), train=False)
     return compute_metrics(logits, batch["label"], batch.get("mask"))
 
@@ -170,7 +238,7 @@ def eval_step(
 def make_steps(
     mesh: Mesh,
     label_smoothing: float = 0.0,
-    ema_decay: float = 0.0,
+    ema: Ema | float = 0.0,
     ynnpack: bool = True,
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
@@ -191,7 +259,7 @@ def make_steps(
         functools.partial(
             train_step,
             label_smoothing=label_smoothing,
-            ema_decay=ema_decay,
+            ema=ema,
             mean=tuple(mean),
             std=tuple(std),
             mix=mix,

@@ -1,11 +1,12 @@
 """The training loop: config checks, data, state, resume, train, evaluate, checkpoint.
 
 Its pieces are small pure functions of the config, in their own files and re-exported
-here: the optimizer and schedule (``train.optim``), the state and the sharded steps
-(``train.steps``), the mesh (``train.mesh``). Data parallelism is ``jax.jit`` over a
-one-axis ``Mesh`` of every device: the batch is split on the ``'data'`` axis, the state
-is replicated and donated, and BatchNorm statistics are computed over the global batch,
-so N devices reproduce one device's result.
+here: the checks before a run (``train.checks``), the optimizer and schedule
+(``train.optim``), the state, EMA and sharded steps (``train.steps``), the mesh
+(``train.mesh``). Data parallelism is ``jax.jit`` over a one-axis ``Mesh`` of every
+device: the batch is split on the ``'data'`` axis, the state is replicated and donated,
+and BatchNorm statistics are computed over the global batch, so N devices reproduce one
+device's result.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import resnet_jax
-from train import mixing
+from train import checks, mixing
 from train.mesh import (  # noqa: F401  (re-exported: the trainer's public pieces)
     DATA_AXIS,
     DevicePrefetchIterator,
@@ -50,89 +50,23 @@ from train.optim import (  # noqa: F401  (re-exported)
 )
 from train.steps import (  # noqa: F401  (re-exported)
     Batch,
+    Ema,
     TrainState,
     compute_metrics,
     create_train_state,
     cross_entropy_loss,
+    ema_config,
     eval_step,
     make_steps,
     normalize_images,
     train_step,
 )
 
-DTYPES = ("float32", "bfloat16")
-
-
-def _duration(config: Any, steps_per_epoch: int, num_train: int) -> tuple[int, str]:
-    """The run's steps, and a line saying which field set them."""
-    total = total_steps(config, steps_per_epoch)
-    field = (
-        f"num_train_steps={config.num_train_steps}"
-        if config.num_train_steps > 0
-        else f"num_epochs={config.num_epochs}"
-    )
-    if total < 1:
-        raise ValueError(
-            f"{field} gives 0 steps ({steps_per_epoch} steps of batch {config.batch_size} per epoch of "
-            f"{num_train} train images); set num_epochs > 0 or num_train_steps > 0"
-        )
-    return total, (
-        f"{total} steps of batch {config.batch_size} ({field}): {total / steps_per_epoch:.4g} epochs "
-        f"of {num_train} train images"
-    )
+DTYPES = checks.DTYPES
 
 
 # ---------------------------------------------------------------------------------------
 # The loop.
-
-
-def _check_workdir(workdir: str) -> str:
-    """Creates ``workdir`` and proves it writable before any work starts."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
-            pass
-    except OSError as e:
-        raise ValueError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from e
-    return workdir
-
-
-def _check_config(config: Any) -> None:
-    """Cheap checks of names and values, before any data is read."""
-    from train.input_pipeline import augment
-
-    _choice("optimizer", config.optimizer, OPTIMIZERS)
-    _choice("lr_schedule", config.lr_schedule, SCHEDULES)
-    _choice("dtype", config.dtype, DTYPES)
-    augment.check_augmentation(config)
-    mixing.mix_config(config)
-    if config.model not in resnet_jax.list_models():
-        resnet_jax.create_model(config.model)  # raises, with close-name suggestions
-    for field in ("batch_size", "log_every_steps", "grad_accum_steps", "keep_checkpoints"):
-        if config[field] < 1:
-            raise ValueError(f"config.{field}={config[field]} must be >= 1")
-    if not 0.0 <= config.ema_decay < 1.0:
-        raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1)")
-    if config.num_train_steps <= 0 and config.num_epochs <= 0:
-        raise ValueError(
-            f"num_epochs={config.num_epochs} and num_train_steps={config.num_train_steps} give a run of 0 "
-            "steps; set num_epochs > 0, or num_train_steps > 0 (which wins when both are set)"
-        )
-
-
-def _check_init_from(config: Any) -> None:
-    """Freezing only makes sense for weights that came from somewhere: a fresh run that
-    freezes without ``init_from`` would train a head on random features."""
-    frozen = [f"freeze={config.freeze!r}"] if config.freeze.strip() else []
-    frozen += ["freeze_batch_stats=True"] if config.freeze_batch_stats else []
-    if frozen and not config.init_from:
-        raise ValueError(
-            f"{' and '.join(frozen)} with no init_from would freeze randomly initialised weights. Set "
-            "--config.init_from=SOURCE (a weights tag such as torchvision_v1, a `python -m "
-            "resnet_jax.convert` directory or a workdir), or train every weight from a random init "
-            "with --config.freeze='' --config.freeze_batch_stats=False"
-        )
 
 
 def _means(sums: Mapping[str, Any]) -> dict[str, float]:
@@ -164,9 +98,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     writing a checkpoint or a metric into it.
     """
     start_time = time.time()
-    _check_config(config)
+    checks.check_config(config)
     existed = os.path.exists(os.path.abspath(os.path.expanduser(workdir)))
-    workdir = _check_workdir(workdir)
+    workdir = checks.check_workdir(workdir)
     try:
         return _train_and_evaluate(config, workdir, start_time)
     except BaseException:
@@ -201,14 +135,14 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
     check_batch_size(config.eval_batch_size or config.batch_size, mesh)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config)
     if ckpt.latest_step() is None:
-        _check_init_from(config)
+        checks.check_init_from(config)
     data = input_pipeline.create_data(config)
     ckpt.data = data.identity()
     for split, files in data.source.skipped.items():
         logging.warning(
             "skipped %d undecodable image(s) in split %r: %s", len(files), split, ", ".join(files[:5])
         )
-    total, duration = _duration(config, data.steps_per_epoch, data.num_train)
+    total, duration = checks.duration(config, data.steps_per_epoch, data.num_train)
 
     model_kw = dict(
         num_classes=data.num_classes,
@@ -216,6 +150,7 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
         dtype=jnp.dtype(config.dtype),
         drop_rate=config.drop_rate,
         drop_path_rate=config.drop_path_rate,
+        zero_init_last=config.zero_init_last,
     )
     model = resnet_jax.create_model(config.model, **model_kw)
     x = jnp.zeros((1, *data.image_shape), jnp.float32)
@@ -239,6 +174,7 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
             batch_stats=batch_stats,
             opt_state=tx.init(params),
             ema_params=jax.tree.map(np.copy, params) if config.ema_decay > 0 else None,
+            ema_batch_stats=jax.tree.map(np.copy, batch_stats) if config.ema_decay > 0 else None,
         )
     state = replicate(state, mesh)
     step_rng = replicate(step_rng, mesh)
@@ -274,7 +210,8 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
             print(f"resuming from the checkpoint at step {start_step} of {total} in {workdir}", flush=True)
         print(duration, flush=True)
     p_train, p_eval = make_steps(
-        mesh, config.label_smoothing, config.ema_decay, config.cpu_ynnpack, config.mean, config.std,
+        mesh, config.label_smoothing, ema_config(config, data.steps_per_epoch, total), config.cpu_ynnpack,
+        config.mean, config.std,
         mix=mixing.mix_config(config), loss=config.loss, bce_threshold=config.bce_threshold,
     )  # fmt: skip
     eval_every = config.eval_every_steps or data.steps_per_epoch

@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"  # 'bfloat16': bf16 compute, float32 params and BN statistics
     config.drop_rate = 0.0  # dropout before the classifier
     config.drop_path_rate = 0.0  # stochastic depth at the last block, 0 at the first (timm's rule)
+    config.zero_init_last = False  # start each block's last BN scale at 0 (Goyal et al. 2017; timm's)
 
     # Data: 'digits' (bundled), 'image_folder' (data_dir/train/CLASS/*, data_dir/test/CLASS/*)
     # or any TFDS image-classification dataset name (cifar10, mnist, imagenet2012, ...).
@@ -66,9 +67,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.learning_rate = 0.1
     config.lr_base_batch_size = 0  # > 0: lr = learning_rate * batch_size / this (Goyal et al. 2017)
     config.momentum = 0.9
-    config.weight_decay = 5e-4  # never applied to BatchNorm parameters or biases
+    config.weight_decay = 5e-4  # never applied to BatchNorm parameters
+    config.decay_biases = False  # True: decay biases too (torchvision's recipes; timm's spare them)
     config.lr_schedule = "cosine"  # cosine | piecewise | constant
+    config.lr_min = 0.0  # 'cosine' decays to this (timm's --min-lr)
     config.warmup_epochs = 1.0
+    config.warmup_start_factor = 0.0  # the warmup starts at this * the peak (torchvision: 0.01)
+    config.warmup_prefix = True  # False: the cosine spans the warmup too (timm's default)
+    config.lr_unit = "step"  # 'step' | 'epoch': hold the lr through each epoch, as torchvision and timm do
     config.lr_boundaries = ()  # 'piecewise': steps at which the lr is multiplied by lr_decay_factor
     config.lr_boundary_epochs = ()  # the same in epochs, used when lr_boundaries is empty
     config.lr_decay_factor = 0.1
@@ -85,7 +91,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.bce_threshold = 0.0  # 'bce': > 0 binarises the soft targets (t > threshold; RSB: 0.2)
     config.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
     config.grad_accum_steps = 1  # > 1: one optimizer update every this many batches
-    config.ema_decay = 0.0  # > 0: keep an EMA of the weights and evaluate with it
+    config.ema_decay = 0.0  # > 0: keep an EMA of the weights and BN statistics, and evaluate with it
+    config.ema_every_steps = 1  # update the EMA at every k-th step of each epoch (torchvision's V2: 32)
+    # True: torchvision's rule, decay = 1 - min(1, (1 - ema_decay) * batch_size * ema_every_steps / epochs)
+    config.ema_adjust = False
+    config.ema_copy_during_warmup = False  # True: the EMA copies the weights until the warmup ends
 
     # Fine-tuning (see train/finetune.py).
     config.init_from = ""  # a `python -m resnet_jax.convert` output dir, or a workdir

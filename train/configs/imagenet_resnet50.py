@@ -20,6 +20,7 @@ def get_config():
     config = default.get_config()
     config.dataset = "imagenet2012"
     config.model = "resnet50"
+    config.zero_init_last = True
     config.eval_split = "validation"
     config.image_size = 224
     config.augment = "imagenet"
