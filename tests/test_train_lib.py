@@ -318,8 +318,8 @@ def _tiny_batch():
 
 def test_ema_follows_the_params_and_is_what_eval_uses():
     state = _tiny_state(ema=True)
-    before = state.params
-    new, _ = jax.jit(functools.partial(train_lib.train_step, ema_decay=0.9))(
+    before, state_stats = state.params, state.batch_stats
+    new, _ = jax.jit(functools.partial(train_lib.train_step, ema=0.9))(
         state, _tiny_batch(), jax.random.key(1)
     )
     jax.tree.map(
@@ -330,10 +330,17 @@ def test_ema_follows_the_params_and_is_what_eval_uses():
         before,
         new.params,
     )
+    # The BatchNorm statistics are averaged the same way (torchvision's use_buffers=True).
+    jax.tree.map(
+        lambda e, old, p: np.testing.assert_allclose(e, 0.9 * old + 0.1 * p, rtol=1e-5, atol=1e-7),
+        new.ema_batch_stats,
+        state_stats,
+        new.batch_stats,
+    )
     # Eval uses the EMA weights: swapping them in changes the logits' loss.
     batch = {**_tiny_batch(), "mask": jnp.ones(4)}
     with_ema = train_lib.eval_step(new, batch)["loss"]
-    without = train_lib.eval_step(new.replace(ema_params=None), batch)["loss"]
+    without = train_lib.eval_step(new.replace(ema_params=None, ema_batch_stats=None), batch)["loss"]
     assert float(with_ema) != float(without)
     assert _tiny_state().ema_params is None
 
