@@ -1,4 +1,5 @@
 r"""python -m bench.accelerator --out=DIR [--parts=resnet50,resnet20,parity,input,trainer] [--smoke]
+   [--trainer-config=train/configs/PRESET.py] [--trainer-flag=--config.FIELD=VALUE ...]
 
 Everything this project measures on an accelerator, in one command, on whatever JAX sees:
 a Markdown table on stdout and ``DIR/results.json``. Each part can run alone (``--parts``),
@@ -22,6 +23,9 @@ so a GPU session split into 10-minute calls can fill the figures in a few of the
   (``train/configs/cifar10.py``: ResNet-20, 64k steps of 128) on the CIFAR-10 JPEGs of
   ``--cifar-archive``, in ``DIR/cifar10_run``; stopped after ``--trainer-budget-s`` and
   resumed from its checkpoint by the next call. Test error against the paper's 8.75%.
+  ``--trainer-config`` runs another preset instead (``cifar10_tv2.py``; an ImageNet one
+  with ``--trainer-flag=--config.data_dir=...``), in ``DIR/PRESET_run``, its results
+  under ``trainer_PRESET``; ``--trainer-flag`` adds any ``--config.FIELD=VALUE``.
 
 ``--smoke`` shrinks every part to a few steps of tiny sizes, so that the command is tested
 on a CPU (the test suite runs it); its figures mean nothing.
@@ -191,8 +195,8 @@ def _smoke_members(tar: tarfile.TarFile, per_class: int = 20) -> list[tarfile.Ta
     return members
 
 
-def part_trainer(opts: argparse.Namespace) -> dict[str, Any]:
-    """The paper's recipe through ``train.main``, resumable across calls of this command."""
+def _extract_cifar(opts: argparse.Namespace) -> str:
+    """The CIFAR-10 JPEG folder, extracted from ``--cifar-archive`` once."""
     data = os.path.join(opts.out, "cifar10_jpeg")
     if not os.path.isdir(os.path.join(data, "train")):
         if not os.path.exists(opts.cifar_archive):
@@ -206,17 +210,32 @@ def part_trainer(opts: argparse.Namespace) -> dict[str, Any]:
         inner = next(here for here, dirs, _ in os.walk(data + ".tmp") if "train" in dirs)
         shutil.move(inner, data)
         shutil.rmtree(data + ".tmp", ignore_errors=True)
-    workdir = os.path.join(opts.out, "cifar10_run")
-    flags = [
-        "--config=train/configs/cifar10.py",
-        "--config.dataset=image_folder",
-        f"--config.data_dir={data}",
-        f"--config.input_workers={0 if opts.smoke else min(8, os.cpu_count() or 1)}",
-    ]
+    return data
+
+
+def trainer_key(config_path: str) -> str:
+    """``trainer`` for the paper's recipe, ``trainer_PRESET`` for any other config."""
+    stem = os.path.splitext(os.path.basename(config_path))[0]
+    return "trainer" if stem == "cifar10" else f"trainer_{stem}"
+
+
+def part_trainer(opts: argparse.Namespace) -> dict[str, Any]:
+    """A preset through ``train.main``, resumable across calls of this command."""
+    config = opts.trainer_config
+    if not os.path.isfile(os.path.join(REPO, config)):
+        raise SystemExit(f"--trainer-config={config} does not exist (relative to {REPO})")
+    stem = os.path.splitext(os.path.basename(config))[0]
+    workdir = os.path.join(opts.out, f"{stem}_run")
+    flags = [f"--config={config}"]
+    own_data = any(f.startswith(("--config.data_dir=", "--config.dataset=")) for f in opts.trainer_flag)
+    if not own_data:
+        flags += ["--config.dataset=image_folder", f"--config.data_dir={_extract_cifar(opts)}"]
+    flags.append(f"--config.input_workers={0 if opts.smoke else min(8, os.cpu_count() or 1)}")
     if opts.smoke:
         flags += ["--config.num_train_steps=4", "--config.batch_size=32", "--config.eval_batch_size=40"]
-    else:
+    elif stem == "cifar10":
         flags += ["--config.eval_every_steps=4000", "--config.checkpoint_every_steps=2000"]
+    flags += opts.trainer_flag
     cmd = [sys.executable, "-m", "train.main", f"--workdir={workdir}", *flags]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -231,7 +250,13 @@ def part_trainer(opts: argparse.Namespace) -> dict[str, Any]:
             out, _ = proc.communicate()
     wall = time.perf_counter() - start
     summary_path = os.path.join(workdir, "summary.json")
-    result: dict[str, Any] = {"workdir": workdir, "call_wall_s": wall, "returncode": proc.returncode}
+    result: dict[str, Any] = {
+        "config": config,
+        "flags": flags[1:],
+        "workdir": workdir,
+        "call_wall_s": wall,
+        "returncode": proc.returncode,
+    }
     if proc.returncode == 0 and os.path.exists(summary_path):
         with open(summary_path) as f:
             summary = json.load(f)
@@ -239,7 +264,7 @@ def part_trainer(opts: argparse.Namespace) -> dict[str, Any]:
             finished=True,
             steps=summary["steps"],
             test_error_pct=100 * (1 - summary["final"]["top1"]),
-            paper_error_pct=PAPER_ERROR,
+            paper_error_pct=PAPER_ERROR if stem == "cifar10" else None,
             images_per_s=summary["images_per_s"],
             run_wall_s=summary["wall_s"],
         )
@@ -309,17 +334,18 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"| {r['workers']} | {r['images_per_s']:,.0f} | {r.get('binds', '-')} |" for r in results["input"]
         ]
-    if "trainer" in results:
-        t = results["trainer"]
+    for key in (k for k in results if k.startswith("trainer")):
+        t = results[key]
+        name = key if key == "trainer" else f"trainer {t.get('config', key)}"
         if t.get("finished"):
+            paper = f" (paper {t['paper_error_pct']}%)" if t.get("paper_error_pct") else ""
             lines.append(
-                f"\ntrainer: {t['steps']} steps, test error {t['test_error_pct']:.2f}% "
-                f"(paper {PAPER_ERROR}%), {t['images_per_s']:,.0f} train images/s, "
-                f"last call {t['call_wall_s']:.0f}s"
+                f"\n{name}: {t['steps']} steps, test error {t['test_error_pct']:.2f}%{paper}, "
+                f"{t['images_per_s']:,.0f} train images/s, last call {t['call_wall_s']:.0f}s"
             )
         else:
             lines.append(
-                f"\ntrainer: not finished this call ({t['call_wall_s']:.0f}s); newest checkpoint "
+                f"\n{name}: not finished this call ({t['call_wall_s']:.0f}s); newest checkpoint "
                 f"{t.get('newest_checkpoint')}; rerun to resume"
             )
     return "\n".join(lines)
@@ -332,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps: a CPU check")
     parser.add_argument("--cifar-archive", default=input_bench.DEFAULT_ARCHIVE)
     parser.add_argument("--trainer-budget-s", type=float, default=480.0, help="stop the trainer after this")
+    parser.add_argument(
+        "--trainer-config", default="train/configs/cifar10.py", help="the preset the trainer part runs"
+    )
+    parser.add_argument(
+        "--trainer-flag", action="append", default=[], help="--config.FIELD=VALUE for the trainer; repeatable"
+    )
     opts = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if opts.smoke:  # a CPU check beside other work: no thread pools over every core
         import torch
@@ -362,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             bf16 = next((r for r in results.get("resnet50", []) if "bfloat16" in r["case"]), None)
             results[part] = part_input(opts, bf16["resnet_jax"]["images_per_s"] if bf16 else None)
         else:
-            results[part] = part_trainer(opts)
+            results[trainer_key(opts.trainer_config)] = part_trainer(opts)
         print(f"{part}: done in {time.perf_counter() - start:.0f}s", flush=True)
         with open(path, "w") as f:
             json.dump(results, f, indent=1)

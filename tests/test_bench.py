@@ -139,19 +139,33 @@ def test_conv_layer_bench_prints_one_row_per_stage():
 def test_accelerator_suite_runs_every_part_in_smoke_mode(tmp_path):
     # The GPU suite, shrunk to tiny sizes on the CPU, so that it works when a GPU is lent.
     pytest.importorskip("torch")
-    proc = _run("bench.accelerator", f"--out={tmp_path}", "--smoke", f"--cifar-archive={CIFAR}")
+    # The trainer part runs a preset: the CIFAR one with V2's ingredients (TrivialAugment,
+    # erasing, repeated augmentation, mixup/cutmix, EMA every 32 steps).
+    preset = "--trainer-config=train/configs/cifar10_tv2.py"
+    proc = _run("bench.accelerator", f"--out={tmp_path}", "--smoke", f"--cifar-archive={CIFAR}", preset)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["smoke"] and set(results) >= {"resnet50", "resnet20", "parity", "input", "trainer"}
+    parts = {"resnet50", "resnet20", "parity", "input", "trainer_cifar10_tv2"}
+    assert results["smoke"] and set(results) >= parts
     for row in results["resnet50"] + results["resnet20"][:2]:
         assert row["resnet_jax"]["images_per_s"] > 0 and row["torch_eager"]["images_per_s"] > 0
         assert row["ratio_vs_best_torch"] > 0
     assert results["parity"]["max_abs_logit_diff"] <= 1e-4
     assert [r["workers"] for r in results["input"]] == [0, 1]
-    assert results["trainer"]["finished"] and results["trainer"]["steps"] == 4
+    trainer = results["trainer_cifar10_tv2"]
+    assert trainer["finished"] and trainer["steps"] == 4
+    assert trainer["config"] == "train/configs/cifar10_tv2.py"
     assert re.search(r"\| resnet20 32x32 b8 bfloat16 \| [\d,.]+ \|", proc.stdout)
     assert "parity: resnet18 64x64 float32" in proc.stdout
-    assert re.search(r"trainer: 4 steps, test error [\d.]+% \(paper 8.75%\)", proc.stdout)
+    assert re.search(r"trainer train/configs/cifar10_tv2.py: 4 steps, test error [\d.]+%,", proc.stdout)
+
+
+def test_accelerator_names_each_presets_results():
+    from bench import accelerator
+
+    # The paper's recipe keeps its key (and its comparison with the paper's 8.75%).
+    assert accelerator.trainer_key("train/configs/cifar10.py") == "trainer"
+    assert accelerator.trainer_key("train/configs/rsb_a3.py") == "trainer_rsb_a3"
 
 
 def test_accelerator_suite_refuses_an_unknown_part(capsys):

@@ -422,9 +422,9 @@ def test_tfds_configs_on_mock_data(name, shape):
 def test_every_config_documents_its_command():
     names = sorted(p.stem for p in (HERE.parent / "train" / "configs").glob("*.py") if p.stem != "__init__")
     assert names == [
-        "cifar10", "cifar100_wrn28_10", "cifar10_tv2", "default", "finetune_cifar", "finetune_imagenet_resnet50",
-        "image_folder", "imagenet_resnet50", "imagenet_resnet50_tv2", "linear_probe", "mnist", "rsb",
-        "rsb_a1", "rsb_a2", "rsb_a3",
+        "cifar10", "cifar100_wrn28_10", "cifar10_tv2", "default", "finetune_cifar",
+        "finetune_imagenet_resnet50", "image_folder", "imagenet_resnet50", "imagenet_resnet50_tv2",
+        "linear_probe", "mnist", "rsb", "rsb_a1", "rsb_a2", "rsb_a3",
     ]  # fmt: skip
     for name in names:
         module = importlib.import_module(f"train.configs.{name}")

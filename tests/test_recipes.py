@@ -283,3 +283,22 @@ def test_ema_adjustment_is_torchvisions():
     assert steps.ema_config(config, spe * 16, 600 * spe * 16).decay == pytest.approx(
         1.0 - 2e-5 * 64 * 32 / 600, rel=1e-12
     )
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("lr_unit", "batch", r"unknown lr_unit 'batch'; valid: step, epoch"),
+        ("warmup_start_factor", 1.5, r"warmup_start_factor=1.5 must be in \[0, 1\]"),
+        ("lr_min", -1e-6, r"lr_min=-1e-06 must be >= 0"),
+        ("ema_every_steps", 0, r"ema_every_steps=0 must be >= 1"),
+    ],
+)
+def test_the_recipe_fields_are_checked(field, value, match):
+    from train import checks
+    from train.configs import default
+
+    config = default.get_config()
+    config[field] = value
+    with pytest.raises(ValueError, match=match):
+        checks.check_config(config)

@@ -60,6 +60,13 @@ def check_config(config: Any) -> None:
     for field in ("batch_size", "log_every_steps", "grad_accum_steps", "keep_checkpoints", "ema_every_steps"):
         if config[field] < 1:
             raise ValueError(f"config.{field}={config[field]} must be >= 1")
+    if not 0.0 <= config.warmup_start_factor <= 1.0:
+        raise ValueError(
+            f"config.warmup_start_factor={config.warmup_start_factor} must be in [0, 1]: the warmup's "
+            "first lr as a fraction of the peak (torchvision's --lr-warmup-decay)"
+        )
+    if config.lr_min < 0:
+        raise ValueError(f"config.lr_min={config.lr_min} must be >= 0")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1)")
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
