@@ -166,6 +166,14 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
         "--config.mixup_alpha=0.2",
         "--config.cutmix_alpha=1.0",
         "--config.loss=bce",
+        # torchvision's EMA (every 4th step of an epoch, adjusted, a copy through the
+        # 1-epoch warmup) and schedule (from 1% of the peak, held through each epoch).
+        "--config.ema_decay=0.999",
+        "--config.ema_every_steps=4",
+        "--config.ema_adjust=True",
+        "--config.ema_copy_during_warmup=True",
+        "--config.warmup_start_factor=0.01",
+        "--config.lr_unit=epoch",
     ]
     _main(tmp_path / "straight", *flags)
     killed = tmp_path / "killed"
@@ -185,12 +193,19 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
     assert 26 <= start < 66 and start % 22, start
     final, straight = _summary(killed)["final"], _summary(tmp_path / "straight")["final"]
     print(f"\nkilled after step >= 26, resumed from {start}: eval loss {final['loss']} vs {straight['loss']}")
-    ours, theirs = (checkpointing.load_variables(str(tmp_path / r))[0] for r in ("killed", "straight"))
-    flat_ours, flat_theirs = (traverse_util.flatten_dict(v) for v in (ours, theirs))
-    assert flat_ours.keys() == flat_theirs.keys()
-    for k in flat_ours:
-        np.testing.assert_array_equal(flat_ours[k], flat_theirs[k], err_msg="/".join(k))
+    for ema in (False, True):  # the weights, and the EMA of weights and BN statistics
+        ours, theirs = (
+            checkpointing.load_variables(str(tmp_path / r), ema=ema)[0] for r in ("killed", "straight")
+        )
+        flat_ours, flat_theirs = (traverse_util.flatten_dict(v) for v in (ours, theirs))
+        assert flat_ours.keys() == flat_theirs.keys()
+        for k in flat_ours:
+            np.testing.assert_array_equal(flat_ours[k], flat_theirs[k], err_msg="/".join(k))
     assert final == straight
+    weights, averaged = (
+        checkpointing.load_variables(str(tmp_path / "straight"), ema=e)[0] for e in (False, True)
+    )
+    assert not np.array_equal(weights["params"]["head"]["kernel"], averaged["params"]["head"]["kernel"])
 
 
 # `python -m train.main` with TensorFlow made unimportable, as on a host without it: a

@@ -97,7 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.ema_adjust = False
     config.ema_copy_during_warmup = False  # True: the EMA copies the weights until the warmup ends
 
-    # Fine-tuning (see train/finetune.py).
+    # Fine-tuning: init_from in train/finetune.py; freezing and lr groups in train/optim.py.
     config.init_from = ""  # a `python -m resnet_jax.convert` output dir, or a workdir
     config.reinit_head = False  # True: a fresh head even when the class count matches
     config.freeze = ""  # 'backbone', part names ('stem,stage1'), or a regex over param paths
