@@ -150,7 +150,7 @@ def time_jax(args: argparse.Namespace) -> dict[str, Any]:
 
 def time_mixing(args: argparse.Namespace) -> dict[str, float]:
     """Median seconds per step of the plain step and of the mixup/cutmix step, timed in
-    alternating windows on the same batch."""
+    alternating windows on the same batch (A-B, B-A, ...)."""
     import jax
 
     from train import mixing, train_lib
@@ -170,8 +170,10 @@ def time_mixing(args: argparse.Namespace) -> dict[str, float]:
         for _ in range(args.warmup):
             jax.block_until_ready(step())
         runs[name] = (step, [])
-    for _ in range(args.windows):
-        for step, windows in runs.values():
+    order = list(runs.values())
+    for i in range(args.windows):
+        # A-B then B-A: whichever runs second in a pair is not always the same one.
+        for step, windows in order if i % 2 == 0 else order[::-1]:
             windows.extend(time_windows(step, jax.block_until_ready, args.steps, 1))
     return {name: statistics.median(windows) for name, (_, windows) in runs.items()}
 
