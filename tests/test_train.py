@@ -368,3 +368,30 @@ def test_cifar10_transfer_frozen_backbone_beats_scratch(tmp_path):
     assert source["count"] == frozen["count"] == scratch["count"] == 5000
     assert source["top1"] >= 0.35  # chance is 0.20
     assert frozen["top1"] >= scratch["top1"] + 0.02
+
+
+def test_an_ema_checkpoint_from_before_the_ema_averaged_bn_statistics_resumes(tmp_path, monkeypatch):
+    # Such a checkpoint has no ema_batch_stats in its state and no ema_every_steps in its
+    # config: it must resume (its EMA statistics start from the live ones), not be moved
+    # aside as unreadable.
+    config = _config(
+        num_train_steps=2, checkpoint_every_steps=2, eval_every_steps=2, log_every_steps=1, ema_decay=0.9
+    )
+    to_state_dict = checkpointing.serialization.to_state_dict
+
+    def old_state_dict(x):  # the state as it was saved before the field existed
+        d = to_state_dict(x)
+        return {k: v for k, v in d.items() if k != "ema_batch_stats"} if isinstance(d, dict) else d
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpointing.serialization, "to_state_dict", old_state_dict)
+        train_lib.train_and_evaluate(config, str(tmp_path))
+    saved = tmp_path / "checkpoints" / "2" / "config" / "metadata"
+    fields = json.loads(saved.read_text())
+    for field in ("ema_every_steps", "ema_adjust", "ema_copy_during_warmup"):
+        del fields[field]
+    saved.write_text(json.dumps(fields))
+    config.num_train_steps = 4
+    summary = train_lib.train_and_evaluate(config, str(tmp_path))
+    assert summary["sessions"] == 2 and summary["steps"] == 4
+    assert not (tmp_path / "checkpoints.unreadable").exists()

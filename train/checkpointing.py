@@ -30,6 +30,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
@@ -175,13 +176,20 @@ class Checkpointer:
             problem = None
             try:
                 self._check_compatible(step)
+                # Runs saved before the EMA averaged the BatchNorm statistics (their config
+                # has no ema_every_steps) hold none: their EMA starts from the live ones.
+                ema_stats = getattr(state, "ema_batch_stats", None) is not None
+                legacy = ema_stats and "ema_every_steps" not in self.saved_config(step)
+                item = {k: v for k, v in target.items() if not (legacy and k == "ema_batch_stats")}
                 restored = self.manager.restore(
                     step,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(target),
+                        state=ocp.args.StandardRestore(item),
                         data=grain.checkpoint.CheckpointRestore(data_iterator),
                     ),
                 )["state"]
+                if legacy:
+                    restored["ema_batch_stats"] = jax.tree.map(jnp.copy, restored["batch_stats"])
             except IncompatibleCheckpointError:
                 raise  # refused, and nothing touched
             except UnreadableCheckpointError as e:
