@@ -71,3 +71,25 @@ def no_process_left_behind():
         "(now killed):\n" + "\n".join(described.values()),
         pytrace=False,
     )
+
+
+# The longest tests (40 s to 3 minutes each on the 2-core CI machine: the --durations
+# table at the end of every run) start first. xdist hands tests out in collection order,
+# so under `-n 2` these alternate between the two workers, and the run ends on short tests
+# instead of one worker finishing a long one alone while the other waits.
+SLOW_FIRST = (
+    "test_cifar10_transfer_frozen_backbone_beats_scratch",
+    "test_devices_and_processes_give_the_one_device_result",
+    "test_accelerator_suite_runs_every_part_in_smoke_mode",
+    "test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise",
+    "test_notebook_runs_in_smoke_mode",
+    "test_two_processes_agree_to_move_an_unreadable_step_aside",
+    "test_user_errors_are_one_line_without_a_traceback",
+    "test_eight_devices_reproduce_one_device",
+    "test_default_command_reaches_95_percent",
+    "test_trains_on_digits_and_an_image_folder_without_tensorflow",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.originalname not in SLOW_FIRST)  # stable: the rest keep their order

@@ -1,6 +1,7 @@
 """Behaviour of the ResNet module: every registered model, modes, precision, API."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -39,7 +40,14 @@ def _filled_variables(model, x, seed=0):
 # block code, which resnet110 runs here. Its forward and backward pass took 12.5 minutes
 # on the 2-core CPU (and over 3 minutes just to compile under jax.jit), most of the
 # suite's time; its structure is checked by test_registry's exact parameter count.
-@pytest.mark.parametrize("name", [n for n in resnet_jax.list_models() if n != "resnet1202"])
+# Likewise the 101-, 152- and 200-layer ImageNet networks stack more of the blocks that
+# their family's 50-layer member runs here (the same code, other stage sizes); they took
+# about 3 minutes of the suite together. They are traced below in training mode (shapes,
+# dtypes, the BatchNorm statistics), and test_registry counts their parameters.
+DEEP = re.compile(r"(101|152|200|1202)")
+
+
+@pytest.mark.parametrize("name", [n for n in resnet_jax.list_models() if not DEEP.search(n)])
 def test_forward_backward_finite(name):
     # Eager on purpose: on CPU, per-op dispatch (cached across models) is much cheaper
     # than compiling each network's whole forward and backward pass.
@@ -65,6 +73,19 @@ def test_forward_backward_finite(name):
     assert sum(bool(jnp.any(g != 0)) for g in leaves) == len(leaves)
     new_stats = jax.tree.leaves(updates["batch_stats"])
     assert all(bool(jnp.all(jnp.isfinite(s))) for s in new_stats)
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in resnet_jax.list_models() if DEEP.search(n) and n != "resnet1202"]
+)
+def test_deep_networks_trace_in_training_mode(name):
+    model = resnet_jax.create_model(name, num_classes=3)
+    x = jax.ShapeDtypeStruct((2, 64, 64, model.in_channels), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    train = functools.partial(model.apply, train=True, mutable=["batch_stats"])
+    logits, updates = jax.eval_shape(train, variables, x)
+    assert logits.shape == (2, 3) and logits.dtype == jnp.float32
     assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
 
 
