@@ -216,15 +216,30 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
         ("resnet_jax.convert", ["--source=keras", *convert], "is not a Keras .h5"),
         ("resnet_jax.convert", ["--source=torch", *convert], "invalid choice: 'torch'"),
     ]
-    for module, args, expected in cases:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(train_lib.resnet_jax.cli.TRACEBACK_ENV, None)
+    procs = []
+    for i, (module, args, expected) in enumerate(cases):
         if module == "train.main" and not any(a.startswith("--workdir") for a in args):
-            args = [f"--workdir={tmp_path / 'w'}", *args]
-        proc = _cli(module, *args)
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 1, (args, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and len(lines) <= 2, (args, proc.stderr[-2000:])
-        assert lines[-1].startswith("error: ") and expected in proc.stderr, (args, proc.stderr)
-    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+            args = [f"--workdir={tmp_path / f'w{i}'}", *args]
+        # All at once: each spends its seconds importing JAX, and the cases are independent.
+        cmd = [sys.executable, "-m", module, *args]
+        procs.append(
+            (
+                args,
+                expected,
+                subprocess.Popen(
+                    cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                ),
+            )
+        )
+    for args, expected, proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        lines = stderr.strip().splitlines()
+        assert proc.returncode == 1, (args, stderr[-2000:])
+        assert "Traceback" not in stderr and len(lines) <= 2, (args, stderr[-2000:])
+        assert lines[-1].startswith("error: ") and expected in stderr, (args, stderr)
+    assert not any(tmp_path.glob("w[0-9]*")) and not (tmp_path / "o").exists()
     # --config.num_epochs on the command line replaces a config file's num_train_steps.
     proc = _cli(
         "train.main", "--config=train/configs/cifar10.py", "--config.num_epochs=1", "--config.dataset=x"

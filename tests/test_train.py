@@ -149,8 +149,8 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
     # with a grain worker process, whose position is part of that state); the resumed run
     # must end with the uninterrupted run's parameters, bit for bit.
     flags = [
-        "--config.num_train_steps=66",
-        "--config.eval_every_steps=66",
+        "--config.num_train_steps=44",
+        "--config.eval_every_steps=44",
         "--config.checkpoint_every_steps=13",  # never at an epoch's end (22 steps): resumes mid-epoch
         "--config.log_every_steps=11",
         "--config.augment=cifar",
@@ -190,7 +190,7 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
     assert saved, "the grain iterator state is in the checkpoint"
     resumed = _main(killed, *flags)
     start = int(resumed.stdout.split("resuming from the checkpoint at step ")[1].split()[0])
-    assert 26 <= start < 66 and start % 22, start
+    assert 26 <= start < 44 and start % 22, start
     final, straight = _summary(killed)["final"], _summary(tmp_path / "straight")["final"]
     print(f"\nkilled after step >= 26, resumed from {start}: eval loss {final['loss']} vs {straight['loss']}")
     for ema in (False, True):  # the weights, and the EMA of weights and BN statistics
