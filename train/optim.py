@@ -70,14 +70,13 @@ def create_learning_rate_fn(config: Any, steps_per_epoch: int) -> optax.Schedule
     boundaries = tuple(config.lr_boundaries) or tuple(
         int(e * steps_per_epoch) for e in getattr(config, "lr_boundary_epochs", ())
     )
+    floor = getattr(config, "lr_min", 0.0) / base if base else 0.0  # as a fraction of the peak
     if schedule == "cosine" and not getattr(config, "warmup_prefix", True):
         # timm's default: one cosine over the whole run, its first `warmup` steps replaced.
-        floor = getattr(config, "lr_min", 0.0)
-        whole = optax.cosine_decay_schedule(base, decay_steps=max(total, 1), alpha=floor / base)
+        whole = optax.cosine_decay_schedule(base, decay_steps=max(total, 1), alpha=floor)
         main = lambda step: whole(step + warmup)  # noqa: E731
     elif schedule == "cosine":
-        floor = getattr(config, "lr_min", 0.0)
-        main = optax.cosine_decay_schedule(base, decay_steps=max(total - warmup, 1), alpha=floor / base)
+        main = optax.cosine_decay_schedule(base, decay_steps=max(total - warmup, 1), alpha=floor)
     elif schedule == "piecewise":
         # Boundaries count from step 0 of training, as in He et al. (32k and 48k iterations).
         main = optax.piecewise_constant_schedule(
@@ -235,7 +234,6 @@ def create_optimizer(
 
     Without ``params`` there are no groups: nothing frozen, every multiplier 1.
     """
-    _choice("optimizer", config.optimizer, OPTIMIZERS)
     k = config.grad_accum_steps
     lr = learning_rate_fn
     if k > 1:
