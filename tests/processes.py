@@ -5,6 +5,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,30 +27,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_train_main(workdir, *flags, num_processes: int = 2) -> list[str]:
-    """Runs ``train.main`` with ``flags`` in ``num_processes`` processes of one job, and
-    returns each one's output (stdout and stderr); fails the test unless all exit 0."""
+def start_train_main(workdir, *flags, num_processes: int = 2) -> list[subprocess.Popen]:
+    """Starts ``train.main`` with ``flags`` in ``num_processes`` processes of one job, each
+    with its output (stdout and stderr together) in a temporary file, which no test has to
+    drain while it waits for something else (a full pipe would stop the process)."""
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": xla_flags(), "PYTHONPATH": str(REPO)}
     common = [f"--workdir={workdir}", *flags, f"--coordinator_address=127.0.0.1:{port}"]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "train.main",
-                *common,
-                f"--num_processes={num_processes}",
-                f"--process_id={i}",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+    procs = []
+    for i in range(num_processes):
+        log = tempfile.TemporaryFile("w+")  # noqa: SIM115  (closed by finish())
+        cmd = [
+            sys.executable,
+            "-m",
+            "train.main",
+            *common,
+            f"--num_processes={num_processes}",
+            f"--process_id={i}",
+        ]
+        procs.append(
+            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         )
-        for i in range(num_processes)
-    ]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(out[-3000:] for out in outs)
+        procs[-1].log = log
+    return procs
+
+
+def run_train_main(workdir, *flags, num_processes: int = 2, returncode: int = 0) -> list[str]:
+    """Runs ``train.main`` with ``flags`` in ``num_processes`` processes of one job, and
+    returns each one's output (stdout and stderr); fails the test unless all exit with
+    ``returncode``."""
+    procs = start_train_main(workdir, *flags, num_processes=num_processes)
+    return finish(procs, returncode)
+
+
+def finish(procs: list[subprocess.Popen], returncode: int = 0) -> list[str]:
+    """Each process's output, once all have ended; fails the test unless all exit with
+    ``returncode``."""
+    outs = []
+    for p in procs:
+        p.wait(timeout=600)
+        p.log.seek(0)
+        outs.append(p.log.read())
+        p.log.close()
+    codes = [p.returncode for p in procs]
+    assert all(c == returncode for c in codes), f"exit codes {codes}:\n" + "\n".join(o[-3000:] for o in outs)
     return outs

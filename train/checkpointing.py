@@ -19,13 +19,23 @@ that cannot be read back (a truncated array file, an empty ``config/metadata``) 
 aside to ``checkpoints.unreadable/STEP``, never deleted, and the run resumes from the
 newest readable step. When no step is readable, nothing is moved and the run stops with
 each step's reason.
+
+A save that fails (a full disk, a quota, a directory gone read-only) raises
+``SaveError``: one line naming the directory, the step and the OS error. The step's
+temporary directory is left as it is, and no saved step is deleted: Orbax removes old
+steps only after a newer one is complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
+import re
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import grain
@@ -56,6 +66,43 @@ class UnreadableCheckpointError(Exception):
 
 class IncompatibleCheckpointError(ValueError):
     """A saved step written by a run that differs in what it trains, or how it is split."""
+
+
+class SaveError(OSError):
+    """A step that could not be written; the steps saved before it are untouched."""
+
+
+def os_error(error: BaseException) -> str:
+    """The OS error in a failed write: Python's own, or TensorStore's ``[os_error_code='N']``."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        if isinstance(error, OSError) and error.errno:
+            break
+        error = error.__cause__ or error.__context__
+    if isinstance(error, OSError) and error.errno:
+        code, where = error.errno, f" ({error.filename})" if error.filename else ""
+    else:
+        found = re.search(r"os_error_code='?(\d+)", str(error))
+        if not found:
+            return workdirs.innermost_message(error)
+        code = int(found.group(1))
+        path = re.search(r'Failed \w+ (?:to )?(?:file )?"?([^":]+)"?', str(error))
+        where = f" ({path.group(1)})" if path and path.group(1).startswith(os.sep) else ""
+    return f"[Errno {code}] {os.strerror(code)} ({errno.errorcode.get(code, '?')}){where}"
+
+
+class _DropSaveErrors(logging.Filter):
+    """Orbax's logged tracebacks of a failed save into ``directory``: its background threads
+    each log the same write error. ``SaveError`` reports it once, in one line."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        return self.directory not in record.getMessage() + (str(error) if error else "")
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
@@ -99,6 +146,10 @@ class Checkpointer:
             create=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._saving: int | None = None  # the step of the save in flight
+        self._quiet = _DropSaveErrors(self.directory)
+        logging.getLogger("absl").addFilter(self._quiet)
+        workdirs.quiet_failed_reads()  # and the tracebacks a failed save's writes print
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -120,18 +171,45 @@ class Checkpointer:
         """Starts an asynchronous save of ``state`` at ``step``, with ``data_iterator``'s state
         (taken now), ``metrics`` from an eval at it, and ``progress``: the run's time and
         step counts up to it, handed back by ``restore``."""
-        if step in self.manager.all_steps():
+        if step in self.manager.all_steps() or step == self._saving:
             return
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(serialization.to_state_dict(state)),
-                config=ocp.args.JsonSave(self.config),
-                run=ocp.args.JsonSave({"data": self.data, "progress": progress or {}}),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-            ),
-            metrics=metrics,
-        )
+        self.wait()  # as Orbax would, but a failure is then named by its own step
+        self._saving = step
+        with self._raising_save_error():
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+                    config=ocp.args.JsonSave(self.config),
+                    run=ocp.args.JsonSave({"data": self.data, "progress": progress or {}}),
+                    data=grain.checkpoint.CheckpointSave(data_iterator),
+                ),
+                metrics=metrics,
+            )
+
+    def check(self) -> None:
+        """Raises ``SaveError`` if the last save has ended and failed; never blocks."""
+        if self._saving is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    @contextlib.contextmanager
+    def _raising_save_error(self) -> Iterator[None]:
+        try:
+            yield
+        except SaveError:
+            raise
+        except Exception as error:  # whatever Orbax, TensorStore or grain raise
+            kept = self._complete_steps()
+            raise SaveError(
+                f"saving the checkpoint at step {self._saving} in {self.directory} failed: "
+                f"{os_error(error)}. Nothing saved was deleted: "
+                + (f"steps {kept} are kept, and" if kept else "no step had been saved, so")
+                + " the same command, run again once there is space or the directory is writable, "
+                f"resumes from step {kept[-1] if kept else 0}"
+            ) from None
+
+    def _complete_steps(self) -> list[int]:
+        return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
 
     def _read_json(self, step: int, item: str, required: bool = True) -> dict[str, Any] | None:
         """A JSON item of ``step``, read here so that a broken one is named by its file."""
@@ -282,7 +360,11 @@ class Checkpointer:
             )
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the save in flight is complete; ``SaveError`` if it failed."""
+        with self._raising_save_error():
+            self.manager.wait_until_finished()
+        self._saving = None
 
     def close(self) -> None:
         self.manager.close()
+        logging.getLogger("absl").removeFilter(self._quiet)

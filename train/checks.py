@@ -8,7 +8,7 @@ import tempfile
 from typing import Any
 
 import resnet_jax
-from train import mixing
+from train import mixing, preemption
 from train.optim import LR_UNITS, OPTIMIZERS, SCHEDULES, _choice, total_steps
 
 DTYPES = ("float32", "bfloat16")
@@ -55,6 +55,7 @@ def check_config(config: Any) -> None:
     _choice("dtype", config.dtype, DTYPES)
     augment.check_augmentation(config)
     mixing.mix_config(config)
+    preemption.parse(config.stop_signals)
     if config.model not in resnet_jax.list_models():
         resnet_jax.create_model(config.model)  # raises, with close-name suggestions
     for field in ("batch_size", "log_every_steps", "grad_accum_steps", "keep_checkpoints", "ema_every_steps"):

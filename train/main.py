@@ -7,11 +7,13 @@ into ./runs/default. Run it from the repository root.
 A mistake in the command (an unknown flag, config file or field, a bad value, missing
 data, a refused resume) prints one ``error: ...`` line on stderr and exits with status 1;
 an unexpected failure keeps its traceback (``resnet_jax.cli``; set RESNET_JAX_TRACEBACK=1
-to see the traceback of a user error too).
+to see the traceback of a user error too). A run stopped by a signal saves the step it
+reached and exits with status 75 (``train.preemption``); a finished run exits with 0.
 """
 
 import glob
 import os
+import sys
 
 # TensorFlow, if something imports it (a TFDS builder preparing a dataset), logs pages
 # of CUDA and oneDNN notices at start-up; warnings and errors still show.
@@ -89,7 +91,7 @@ def main(argv):
     # Imported here so that --help stays fast.
     import jax
 
-    from train import train_lib
+    from train import preemption, train_lib
 
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
@@ -104,7 +106,13 @@ def main(argv):
     logging.info("process %d of %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     if jax.process_index() == 0:
         print(f"config {config_path}; writing to {os.path.abspath(workdir)}", flush=True)
-    train_lib.train_and_evaluate(config, workdir)
+    preemption.StopSignals.keep_after_stop = True  # this process exits once it has saved
+    try:
+        train_lib.train_and_evaluate(config, workdir)
+    except preemption.Stopped as stopped:
+        if jax.process_index() == 0:
+            print(stopped.line(), flush=True)
+        sys.exit(preemption.EXIT_CODE)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import resnet_jax
-from train import checks, mixing
+from train import checks, mixing, preemption
 from train.mesh import (  # noqa: F401  (re-exported: the trainer's public pieces)
     DATA_AXIS,
     DevicePrefetchIterator,
@@ -182,7 +182,12 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
     try:
         state, start_step, before = ckpt.restore(state, mesh, batches)
         summary = _read_summary(workdir)
-        finished = start_step >= total and summary is not None and summary.get("steps") == start_step
+        finished = (
+            start_step >= total
+            and summary is not None
+            and summary.get("status", "finished") == "finished"
+            and summary.get("steps") == start_step
+        )
         if start_step > total and not finished:
             raise ValueError(
                 f"the checkpoint in {workdir} is at step {start_step}, past this run's {total} steps "
@@ -235,62 +240,83 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
             "sessions": before.get("sessions", 0) + 1,
         }
 
-    try:
-        for step in range(start_step + 1, total + 1):
-            batch = next(batches)
-            t = time.time()
-            state, metrics = p_train(state, batch, step_rng)
-            if step == start_step + 1:
-                compile_s = time.time() - t  # the first call compiles, and blocks while it does
-                log_time = time.time()
-            sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-            bar.update(1)
-            is_eval = step % eval_every == 0 or step == total
-            is_ckpt = step % ckpt_every == 0 or step == total
-            if step % config.log_every_steps == 0 or is_eval or is_ckpt:
-                # Fetching the sums is the loop's only host sync, and it guards every save.
-                train_metrics = _means(sums)
-                if not all(math.isfinite(v) for v in train_metrics.values()):
-                    last = ckpt.latest_step()
-                    ckpt.wait()
-                    kept = (
-                        f"The last good checkpoint (step {last}) is kept in {ckpt.directory}."
-                        if last is not None
-                        else "No checkpoint had been saved yet, so the run has nothing to resume from."
+    # A stop signal (train/preemption.py) ends the loop after its step, which is saved before
+    # the handlers go: a second signal meanwhile is caught and ignored.
+    signals, stopped = preemption.StopSignals(config.stop_signals), 0
+    with signals:
+        try:
+            for step in range(start_step + 1, total + 1):
+                batch = next(batches)
+                t = time.time()
+                state, metrics = p_train(state, batch, step_rng)
+                if step == start_step + 1:
+                    compile_s = time.time() - t  # the first call compiles, and blocks while it does
+                    log_time = time.time()
+                sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+                bar.update(1)
+                stopping = step < total and signals.reached(step)
+                is_eval = step % eval_every == 0 or step == total
+                is_ckpt = step % ckpt_every == 0 or step == total or stopping
+                if step % config.log_every_steps == 0 or is_eval or is_ckpt:
+                    # Fetching the sums is the loop's only host sync, and it guards every save.
+                    train_metrics = _means(sums)
+                    if not all(math.isfinite(v) for v in train_metrics.values()):
+                        last = ckpt.latest_step()
+                        ckpt.wait()
+                        kept = (
+                            f"The last good checkpoint (step {last}) is kept in {ckpt.directory}."
+                            if last is not None
+                            else "No checkpoint had been saved yet, so the run has nothing to resume from."
+                        )
+                        raise FloatingPointError(
+                            f"non-finite train loss between steps {log_start + 1} and {step} "
+                            f"({train_metrics}); stopped without saving. {kept} Lower learning_rate "
+                            f"(now {config.learning_rate}) or set grad_clip_norm."
+                        )
+                    elapsed = time.time() - log_time
+                    n_steps = step - log_start - (1 if log_start == start_step else 0)
+                    images_per_s = (
+                        n_steps * config.batch_size / elapsed if elapsed > 0 and n_steps > 0 else 0.0
                     )
-                    raise FloatingPointError(
-                        f"non-finite train loss between steps {log_start + 1} and {step} "
-                        f"({train_metrics}); stopped without saving. {kept} Lower learning_rate "
-                        f"(now {config.learning_rate}) or set grad_clip_norm."
+                    if n_steps > 0:
+                        train_s, trained = train_s + elapsed, trained + n_steps
+                    train_metrics.update(lr=float(learning_rate_fn(step - 1)), images_per_s=images_per_s)
+                    writer.write(step, "train", train_metrics)
+                    bar.set_postfix(
+                        loss=f"{train_metrics['loss']:.4f}",
+                        acc=f"{train_metrics['top1']:.3f}",
+                        img_s=f"{images_per_s:.0f}",
                     )
-                elapsed = time.time() - log_time
-                n_steps = step - log_start - (1 if log_start == start_step else 0)
-                images_per_s = n_steps * config.batch_size / elapsed if elapsed > 0 and n_steps > 0 else 0.0
-                if n_steps > 0:
-                    train_s, trained = train_s + elapsed, trained + n_steps
-                train_metrics.update(lr=float(learning_rate_fn(step - 1)), images_per_s=images_per_s)
-                writer.write(step, "train", train_metrics)
-                bar.set_postfix(
-                    loss=f"{train_metrics['loss']:.4f}",
-                    acc=f"{train_metrics['top1']:.3f}",
-                    img_s=f"{images_per_s:.0f}",
-                )
-                sums, log_start, log_time = None, step, time.time()
-            if is_eval:
-                eval_metrics = evaluate(p_eval, state, data, mesh)
-                writer.write(step, "eval", eval_metrics)
-                evals.append({"step": step, **eval_metrics})
-                bar.write(
-                    f"step {step}: eval loss {eval_metrics['loss']:.4f}, top-1 {eval_metrics['top1']:.4f}, "
-                    f"top-5 {eval_metrics['top5']:.4f} ({eval_metrics['count']} images)"
-                )
-                log_time = time.time()
-            if is_ckpt:
-                ckpt.save(step, state, batches, eval_metrics if is_eval else None, progress())
-                log_time = time.time()
-    finally:
-        batches.close()  # grain's worker processes and shared memory
-        bar.close()  # ends its line, so that an error message starts on its own
+                    sums, log_start, log_time = None, step, time.time()
+                    ckpt.check()  # a failed save stops the run now, not at the next save
+                if is_eval:
+                    eval_metrics = evaluate(p_eval, state, data, mesh)
+                    writer.write(step, "eval", eval_metrics)
+                    evals.append({"step": step, **eval_metrics})
+                    bar.write(
+                        f"step {step}: eval loss {eval_metrics['loss']:.4f}, "
+                        f"top-1 {eval_metrics['top1']:.4f}, top-5 {eval_metrics['top5']:.4f} "
+                        f"({eval_metrics['count']} images)"
+                    )
+                    log_time = time.time()
+                if is_ckpt:
+                    ckpt.save(step, state, batches, eval_metrics if is_eval else None, progress())
+                    log_time = time.time()
+                if stopping:
+                    stopped = step
+                    break
+        finally:
+            batches.close()  # grain's worker processes and shared memory
+            bar.close()  # ends its line, so that an error message starts on its own
+        if stopped:  # a second signal meanwhile is caught, and ignored
+            ckpt.wait()
+            ckpt.close()
+            writer.close()
+            done = progress()
+            _write_summary(
+                workdir, total, stopped, eval_metrics, evals, done, config.batch_size, mesh, signals.name
+            )
+            raise preemption.Stopped(signals.name, stopped, total, ckpt.directory)
     if eval_metrics is None:  # resumed a run whose summary was not written: evaluate it
         eval_metrics = evaluate(p_eval, state, data, mesh)
         if not any(r["step"] == start_step for r in evals):
@@ -300,34 +326,53 @@ def _train_and_evaluate(config: Any, workdir: str, start_time: float) -> dict[st
     ckpt.close()
     writer.close()
     writer.plot(os.path.join(workdir, "curves.png"))
+    summary = _write_summary(workdir, total, total, eval_metrics, evals, progress(), config.batch_size, mesh)
+    if jax.process_index() == 0:
+        sessions = f" over {summary['sessions']} sessions" if summary["sessions"] > 1 else ""
+        print(
+            f"done: final top-1 {eval_metrics['top1']:.4f} (loss {eval_metrics['loss']:.4f}), "
+            f"best top-1 {summary['best_top1']:.4f} at step {summary['best_step']}, {total} steps on "
+            f"{summary['devices']} device(s) in {summary['wall_s']:.1f}s wall{sessions} "
+            f"({summary['compile_s']:.1f}s compiling), {summary['images_per_s']:.0f} train images/s; "
+            f"wrote {workdir}",
+            flush=True,
+        )
+    return summary
+
+
+def _write_summary(
+    workdir: str,
+    total: int,
+    step: int,
+    eval_metrics: dict[str, float] | None,
+    evals: list[dict[str, Any]],
+    done: dict[str, float],
+    batch_size: int,
+    mesh: Mesh,
+    stopped_by: str | None = None,
+) -> dict[str, Any]:
+    """``summary.json`` (process 0 writes it) of a run finished or stopped at ``step``."""
     # Ties go to the later step, as Orbax's BestN keeps it.
-    best = max(reversed(evals), key=lambda r: r["top1"])
-    done = progress()
+    best = max(reversed(evals), key=lambda r: r["top1"]) if evals else {"top1": None, "step": None}
     summary = {
         "workdir": workdir,
-        "steps": total,
+        "status": "stopped" if stopped_by else "finished",
+        **({"stopped_by": stopped_by} if stopped_by else {}),
+        "steps": step,
+        "total_steps": total,
         "final": eval_metrics,
         "best_top1": best["top1"],
         "best_step": best["step"],
         "wall_s": done["wall_s"],
         "compile_s": done["compile_s"],
         "train_s": done["train_s"],
-        "images_per_s": done["trained_steps"] * config.batch_size / done["train_s"]
-        if done["train_s"]
-        else 0.0,
+        "images_per_s": done["trained_steps"] * batch_size / done["train_s"] if done["train_s"] else 0.0,
         "sessions": done["sessions"],
         "devices": mesh.devices.size,
     }
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
+        tmp = os.path.join(workdir, "summary.json.tmp")
+        with open(tmp, "w") as f:
             json.dump(summary, f, indent=1)
-        sessions = f" over {summary['sessions']} sessions" if summary["sessions"] > 1 else ""
-        print(
-            f"done: final top-1 {eval_metrics['top1']:.4f} (loss {eval_metrics['loss']:.4f}), "
-            f"best top-1 {best['top1']:.4f} at step {best['step']}, {total} steps on "
-            f"{summary['devices']} device(s) in {summary['wall_s']:.1f}s wall{sessions} "
-            f"({summary['compile_s']:.1f}s compiling), {summary['images_per_s']:.0f} train images/s; "
-            f"wrote {workdir}",
-            flush=True,
-        )
+        os.replace(tmp, os.path.join(workdir, "summary.json"))
     return summary

@@ -111,5 +111,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 0  # 0 = once per epoch
     config.checkpoint_every_steps = 0  # 0 = once per epoch
     config.keep_checkpoints = 3  # the last K, plus the best by eval top-1
+    # SIGTERM, SIGINT and SIGUSR1 stop a run after its step, saved on every process (exit
+    # status 75, train/preemption.py); these comma-separated names too, e.g. 'SIGUSR2,SIGHUP'.
+    config.stop_signals = ""
     config.seed = 0
     return config
