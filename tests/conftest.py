@@ -3,13 +3,28 @@ that no test leaves a process behind."""
 
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import jax
-import psutil
-import pytest
+# One persistent XLA compilation cache for the whole run, shared by the xdist workers and
+# every process a test starts (they inherit the environment): the suite launches
+# `train.main` dozens of times on a few models, and a launch otherwise spends about half
+# its time compiling what an earlier one compiled. A cached executable is the compiled
+# program itself, so no result changes. The size limit turns on JAX's file lock, so that
+# no process reads an entry another is still writing. The controller process creates it
+# (and removes it at the end) before it starts the workers, which inherit the variable.
+_OWN_XLA_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_XLA_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="resnet_jax-tests-xla-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
+
+import jax  # noqa: E402  (after the environment above, which JAX reads on import)
+import psutil  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Eager init compiles one random-normal kernel per parameter shape; the partitionable
@@ -82,6 +97,8 @@ SLOW_FIRST = (
     "test_devices_and_processes_give_the_one_device_result",
     "test_accelerator_suite_runs_every_part_in_smoke_mode",
     "test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise",
+    "test_sigterm_and_sigint_save_the_step_reached_and_the_rerun_ends_as_the_uninterrupted_run",
+    "test_a_signal_to_one_of_two_processes_stops_both_at_one_saved_step",
     "test_notebook_runs_in_smoke_mode",
     "test_two_processes_agree_to_move_an_unreadable_step_aside",
     "test_user_errors_are_one_line_without_a_traceback",
@@ -93,3 +110,8 @@ SLOW_FIRST = (
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.originalname not in SLOW_FIRST)  # stable: the rest keep their order
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_XLA_CACHE and "PYTEST_XDIST_WORKER" not in os.environ:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
