@@ -58,16 +58,15 @@ class _DropFailedReads(logging.Filter):
         return not _mentions_unreadable(record.getMessage() + (str(error) if error else ""))
 
 
-def quiet_failed_reads(step_dir: str = "") -> None:
+def quiet_failed_reads(step_dir: str) -> None:
     """After a failed read, Orbax's remaining read coroutines of ``step_dir`` end with their
     errors: unraisable tracebacks when they are collected, asyncio's "never retrieved"
     log records, and TensorStore's callbacks finding Orbax's event loop closed. Thousands
     of lines that add nothing to the one-line reason already given: drop exactly those.
     Any other unraisable error or asyncio record still prints. A failed save's writes end
     the same way, before the save's error reaches the caller: ``train.checkpointing``
-    calls this with no ``step_dir`` when it starts, for the closed event loop's."""
-    if step_dir:
-        _UNREADABLE_PATHS.add(step_dir.rstrip(os.sep) + os.sep)
+    passes its whole checkpoint directory when it starts."""
+    _UNREADABLE_PATHS.add(step_dir.rstrip(os.sep) + os.sep)
     previous = sys.unraisablehook
     if getattr(previous, "resnet_jax", False):
         return

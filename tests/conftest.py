@@ -9,22 +9,26 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-# One persistent XLA compilation cache for the whole run, shared by the xdist workers and
-# every process a test starts (they inherit the environment): the suite launches
-# `train.main` dozens of times on a few models, and a launch otherwise spends about half
-# its time compiling what an earlier one compiled. A cached executable is the compiled
-# program itself, so no result changes. The size limit turns on JAX's file lock, so that
-# no process reads an entry another is still writing. The controller process creates it
-# (and removes it at the end) before it starts the workers, which inherit the variable.
+import jax
+import psutil
+import pytest
+
+# One persistent XLA compilation cache for the whole run, shared by every process a test
+# starts (they inherit the environment): the suite launches `train.main` dozens of times
+# on a few models, and a launch otherwise spends about half its time compiling what an
+# earlier one compiled. A cached executable is the compiled program itself, so no result
+# changes. The test processes themselves do without (jax_enable_compilation_cache, below):
+# their eager tests compile thousands of small ops, for which the cache's lookups cost
+# more than they save. Only compiles over 0.5 s are written (a step, an init). The
+# size limit turns on JAX's file lock, so that no process reads an entry another is still
+# writing. The xdist controller creates it, and removes it at the end, before it starts
+# the workers, which inherit the variable.
 _OWN_XLA_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_XLA_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="resnet_jax-tests-xla-cache-")
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
     os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
-
-import jax  # noqa: E402  (after the environment above, which JAX reads on import)
-import psutil  # noqa: E402
-import pytest  # noqa: E402
+jax.config.update("jax_enable_compilation_cache", False)  # a config, not inherited
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Eager init compiles one random-normal kernel per parameter shape; the partitionable

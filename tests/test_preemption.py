@@ -8,16 +8,16 @@ import os
 import pathlib
 import resource
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import processes
+import psutil
 import pytest
 from flax import traverse_util
 
+from bench import stop_time
 from train import checkpointing, preemption, train_lib
 from train.configs import default
 
@@ -37,67 +37,17 @@ def _env():
 
 
 def _start(workdir, *flags):
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115  (closed by _output())
-    cmd = [sys.executable, "-m", "train.main", f"--workdir={workdir}", *flags]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
-    proc.log = log
-    return proc
+    return stop_time.start(workdir, *flags, env=_env())
 
 
-def _output(proc):
-    proc.wait(timeout=600)
-    proc.log.seek(0)
-    out = proc.log.read()
-    proc.log.close()
-    return out
-
-
-def _train_steps(workdir):
-    """The steps of metrics.jsonl's train records, a line still being written left out."""
-    try:
-        lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    steps = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record["split"] == "train":
-            steps.append(record["step"])
-    return steps
-
-
-def _wait_for_step(workdir, step, procs):
-    deadline = time.time() + 300
-    while not any(s >= step for s in _train_steps(workdir)):
-        assert all(p.poll() is None for p in procs), f"the run ended before step {step}"
-        assert time.time() < deadline, f"step {step} not reached in 300 s"
-        time.sleep(0.02)
-
-
-def _steps_saved(workdir):
-    return sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").iterdir() if p.name.isdigit())
-
-
-def _stop(workdir, first, second, at):
-    """Runs FLAGS in ``workdir`` and sends ``first`` once step ``at`` is logged, then
-    ``second`` every 20 ms from the start of the save until the process has ended: the
-    saving process ignores it."""
-    proc = _start(workdir, *FLAGS)
-    _wait_for_step(workdir, at, [proc])
-    saved_before = _steps_saved(workdir) if (workdir / "checkpoints").is_dir() else []
-    proc.send_signal(first)
-    # The save's temporary directory, or (when it was quicker than this loop) its step.
-    while proc.poll() is None and _steps_saved(workdir) == saved_before:
-        if any(".orbax-checkpoint-tmp" in p.name for p in (workdir / "checkpoints").iterdir()):
-            break
-        time.sleep(0.005)
-    while proc.poll() is None:
-        time.sleep(0.02)
-        proc.send_signal(second)
-    out = _output(proc)
+def _stop(workdir, first, second, at, proc=None):
+    """Runs FLAGS in ``workdir`` (or watches ``proc``), sends ``first`` once step ``at``
+    is logged, then ``second`` every 20 ms from the start of the save to the exit, which
+    the saving process ignores; checks what the run left, and returns the step saved."""
+    proc = proc or _start(workdir, *FLAGS)
+    stop_time.wait_for_step(workdir, at, [proc])
+    stop_time.stop(proc, workdir, first, second)
+    out = stop_time.output(proc)
     assert proc.returncode == preemption.EXIT_CODE, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
     line = [x for x in out.splitlines() if x.startswith("stopped by ")]
@@ -109,11 +59,42 @@ def _stop(workdir, first, second, at):
     )
     assert at <= step < 100
     # The step reached is the newest checkpoint, and what the run logged ends there.
-    assert _steps_saved(workdir)[-1] == step
-    assert max(_train_steps(workdir)) == step
+    assert stop_time.saved_steps(workdir)[-1] == step
+    assert max(stop_time.train_steps(workdir)) == step
     summary = json.loads((workdir / "summary.json").read_text())
     assert (summary["status"], summary["stopped_by"], summary["steps"]) == ("stopped", first.name, step)
     return step
+
+
+def _slurm_script(tmp_path, workdir):
+    """The README's SLURM batch script, its srun line's command swapped for this test's run,
+    with stub srun (runs its command) and scontrol (writes its arguments to a file)."""
+    readme = (REPO / "README.md").read_text()
+    script = readme.split("**SLURM.**", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    srun = [line for line in script.splitlines() if line.startswith("srun ")]
+    assert len(srun) == 1, script
+    flags = " ".join(f"'{f}'" for f in FLAGS)
+    ours = f"srun {sys.executable} -m train.main --workdir={workdir} {flags}"
+    (tmp_path / "job.sbatch").write_text(script.replace(srun[0], ours))
+    stubs = tmp_path / "stubs"
+    stubs.mkdir(exist_ok=True)
+    (stubs / "srun").write_text('#!/bin/bash\nexec "$@"\n')
+    (stubs / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    env = {**_env(), "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
+    return ["bash", str(tmp_path / "job.sbatch")], env
+
+
+def _trainer(job):
+    """The trainer process under the job script (the stub srun execs it)."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        for child in psutil.Process(job.pid).children():
+            if "train.main" in " ".join(child.cmdline()):
+                return child
+        time.sleep(0.02)
+    raise AssertionError("the job script started no trainer")
 
 
 def test_sigterm_and_sigint_save_the_step_reached_and_the_rerun_ends_as_the_uninterrupted_run(tmp_path):
@@ -121,13 +102,25 @@ def test_sigterm_and_sigint_save_the_step_reached_and_the_rerun_ends_as_the_unin
     # CPU with the same inputs, and XLA's CPU programs are deterministic run to run.
     straight = tmp_path / "straight"
     proc = _start(straight, *FLAGS)
-    assert proc.wait(timeout=600) == 0, _output(proc)[-3000:]
+    assert proc.wait(timeout=600) == 0, stop_time.output(proc)[-3000:]
     run = tmp_path / "run"
     first = _stop(run, signal.SIGTERM, signal.SIGINT, at=50)
-    second = _stop(run, signal.SIGINT, signal.SIGTERM, at=first + 10)
-    proc = _start(run, *FLAGS)
-    out = _output(proc)
-    assert proc.returncode == 0, out[-3000:]
+    # The second session and the last run as the README's SLURM job: stopped, its exit
+    # status 75 has the script requeue the job, and the requeued job finishes the run.
+    cmd, env = _slurm_script(tmp_path, run)
+    job = stop_time.start(run, cmd=cmd, env=env)
+    trainer = _trainer(job)
+    stop_time.wait_for_step(run, first + 10, [job])
+    trainer.send_signal(signal.SIGINT)  # as SLURM's --signal=USR1, Ctrl-C or scancel would
+    out = stop_time.output(job)
+    assert job.returncode == preemption.EXIT_CODE, out[-3000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    second = stop_time.saved_steps(run)[-1]
+    assert f"stopped by SIGINT at step {second} of 100" in out and second >= first + 10
+    job = stop_time.start(run, cmd=cmd, env=env)  # the requeued job
+    out = stop_time.output(job)
+    assert job.returncode == 0, out[-3000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # not requeued again
     assert f"resuming from the checkpoint at step {second} of 100" in out
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["status"], summary["steps"], summary["sessions"]) == ("finished", 100, 3)
@@ -149,26 +142,26 @@ def test_sigterm_and_sigint_save_the_step_reached_and_the_rerun_ends_as_the_unin
 
 
 def test_a_signal_to_one_of_two_processes_stops_both_at_one_saved_step(tmp_path):
-    flags = [f.replace("100", "80") for f in FLAGS]
+    flags = [f.replace("100", "40") for f in FLAGS]
     procs = processes.start_train_main(tmp_path, *flags)
-    _wait_for_step(tmp_path, 10, procs)
+    stop_time.wait_for_step(tmp_path, 5, procs)
     procs[1].send_signal(signal.SIGUSR1)  # SLURM's --signal=USR1@120, here to one process only
     outs = processes.finish(procs, returncode=preemption.EXIT_CODE)
     line = [x for x in outs[0].splitlines() if x.startswith("stopped by ")]
     assert len(line) == 1, outs[0][-3000:]
     assert line[0].startswith("stopped by SIGUSR1 (to process 1) at step ")
     step = int(line[0].split(" at step ")[1].split()[0])
-    assert 10 <= step < 80
+    assert 5 <= step < 40
     assert not any(x.startswith("stopped by ") for x in outs[1].splitlines())  # process 0 reports
     # One step, saved by both: each process's input position is in it.
-    assert _steps_saved(tmp_path) == [step]
+    assert stop_time.saved_steps(tmp_path) == [step]
     data = sorted(p.name for p in (tmp_path / "checkpoints" / str(step) / "data").glob("process_*"))
     assert data == ["process_0-of-2.json", "process_1-of-2.json"]
     outs = processes.run_train_main(tmp_path, *flags)
-    assert f"resuming from the checkpoint at step {step} of 80" in outs[0]
+    assert f"resuming from the checkpoint at step {step} of 40" in outs[0]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert (summary["status"], summary["steps"], summary["sessions"]) == ("finished", 80, 2)
-    assert [s for s in _train_steps(tmp_path)] == list(range(1, 81))
+    assert (summary["status"], summary["steps"], summary["sessions"]) == ("finished", 40, 2)
+    assert stop_time.train_steps(tmp_path) == list(range(1, 41))
 
 
 def test_a_save_that_fails_stops_the_run_and_keeps_every_saved_step(tmp_path):
@@ -181,13 +174,13 @@ def test_a_save_that_fails_stops_the_run_and_keeps_every_saved_step(tmp_path):
     proc = _start(tmp_path, *flags)
     deadline = time.time() + 300
     while not (tmp_path / "checkpoints" / "15").is_dir():  # renamed from its temporary name: complete
-        assert proc.poll() is None and time.time() < deadline, _output(proc)[-3000:]
+        assert proc.poll() is None and time.time() < deadline, stop_time.output(proc)[-3000:]
         time.sleep(0.01)
     # From now on the process cannot write a file past 256 KB: a quota, or a disk filling up.
     # The metrics and TensorBoard files stay far below it; a checkpoint's arrays do not.
     resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (256 << 10, resource.RLIM_INFINITY))
     before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "checkpoints" / "15").rglob("*"))
-    out = _output(proc)
+    out = stop_time.output(proc)
     assert proc.returncode == 1, out[-3000:]
     errors = [x for x in out.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in out, out[-3000:]
@@ -199,7 +192,7 @@ def test_a_save_that_fails_stops_the_run_and_keeps_every_saved_step(tmp_path):
     assert (
         sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "checkpoints" / "15").rglob("*")) == before
     )
-    assert _steps_saved(tmp_path)[-1] == step - 15
+    assert stop_time.saved_steps(tmp_path)[-1] == step - 15
     variables, restored = checkpointing.load_variables(str(tmp_path), step=15)
     assert restored == 15 and variables["params"]
     assert not (tmp_path / "summary.json").exists()
@@ -227,7 +220,7 @@ def test_a_keyboard_interrupt_in_process_saves_and_calling_again_resumes(tmp_pat
         f"stopped by SIGINT at step {step} of 30; saved it"
     )
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before
-    assert _steps_saved(tmp_path) == [step]
+    assert stop_time.saved_steps(tmp_path) == [step]
     monkeypatch.undo()
     summary = train_lib.train_and_evaluate(config, str(tmp_path))  # the cell, run again
     assert (summary["status"], summary["steps"], summary["sessions"]) == ("finished", 30, 2)

@@ -149,7 +149,8 @@ class Checkpointer:
         self._saving: int | None = None  # the step of the save in flight
         self._quiet = _DropSaveErrors(self.directory)
         logging.getLogger("absl").addFilter(self._quiet)
-        workdirs.quiet_failed_reads()  # and the tracebacks a failed save's writes print
+        # And the tracebacks a failed save's writes leave: the SaveError names their cause.
+        workdirs.quiet_failed_reads(self.directory)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

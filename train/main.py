@@ -113,6 +113,8 @@ def main(argv):
         if jax.process_index() == 0:
             print(stopped.line(), flush=True)
         sys.exit(preemption.EXIT_CODE)
+    finally:  # read only as a stop's handlers are put back, inside the call above
+        preemption.StopSignals.keep_after_stop = False
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
