@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import numpy as np
-import processes
 import pytest
 from PIL import Image
 
@@ -267,23 +266,3 @@ def test_only_errors_raised_by_the_projects_own_code_lose_their_traceback():
     assert not cli.is_user_error(raised(lambda: np.reshape(np.zeros(3), (2, 2))))
     assert not cli.is_user_error(raised(lambda: json.loads("{")))
     assert not cli.is_user_error(raised(lambda: [][1]))
-
-
-def test_two_processes_agree_to_move_an_unreadable_step_aside(tmp_path):
-    def run(steps):
-        flags = [f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=2"]
-        flags += ["--config.eval_every_steps=4", "--config.log_every_steps=2"]
-        return processes.run_train_main(tmp_path, *flags)
-
-    run(4)
-    state = tmp_path / "checkpoints" / "4" / "state"
-    os.truncate(max(state.rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0), 100)
-    outs = run(6)
-    # Both processes failed to read step 4, agreed, and resumed from step 2; process 0 moved it.
-    assert "moved it to" in outs[0] and "resuming from step 2" in outs[0]
-    for i, out in enumerate(outs):  # the lines around a traceback, not the whole log
-        at = max(out.find("Traceback"), out.find("Task exception"))
-        assert at < 0, f"process {i}:\n{out[max(0, at - 500) : at + 4000]}"
-    assert (tmp_path / "checkpoints.unreadable" / "4" / "state").is_dir()
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["steps"] == 6 and summary["sessions"] == 2

@@ -141,7 +141,9 @@ def test_sigterm_and_sigint_save_the_step_reached_and_the_rerun_ends_as_the_unin
     print(f"\nstopped at steps {first} (SIGTERM) and {second} (SIGINT); the rerun's final {summary['final']}")
 
 
-def test_a_signal_to_one_of_two_processes_stops_both_at_one_saved_step(tmp_path):
+def test_a_signal_to_one_of_two_processes_stops_both_at_one_saved_step_and_both_agree_to_skip_a_broken_one(
+    tmp_path,
+):
     flags = [f.replace("100", "40") for f in FLAGS]
     procs = processes.start_train_main(tmp_path, *flags)
     stop_time.wait_for_step(tmp_path, 5, procs)
@@ -162,6 +164,20 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_one_saved_step(tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["status"], summary["steps"], summary["sessions"]) == ("finished", 40, 2)
     assert stop_time.train_steps(tmp_path) == list(range(1, 41))
+    # The newest step broken (its largest array file cut short, as a full disk or a killed
+    # copy leaves it): both processes fail to read it, agree, and resume from the stop's
+    # step; process 0 moves the broken one aside.
+    state = tmp_path / "checkpoints" / "40" / "state"
+    os.truncate(max(state.rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0), 100)
+    outs = processes.run_train_main(tmp_path, *[f.replace("100", "44") for f in FLAGS])
+    assert "moved it to" in outs[0] and f"resuming from step {step}" in outs[0]
+    for i, out in enumerate(outs):  # the lines around a traceback, not the whole log
+        at = max(out.find("Traceback"), out.find("Task exception"))
+        assert at < 0, f"process {i}:\n{out[max(0, at - 500) : at + 4000]}"
+    assert (tmp_path / "checkpoints.unreadable" / "40" / "state").is_dir()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # Counted from the step resumed: the session that trained past it is discarded with it.
+    assert (summary["steps"], summary["sessions"]) == (44, 2)
 
 
 def test_a_save_that_fails_stops_the_run_and_keeps_every_saved_step(tmp_path):
@@ -212,6 +228,7 @@ def test_a_keyboard_interrupt_in_process_saves_and_calling_again_resumes(tmp_pat
         return reached(self, step)
 
     monkeypatch.setattr(preemption.StopSignals, "reached", interrupt_at_step_10)
+    before = signal.getsignal(signal.SIGINT)  # Python's default_int_handler; SIG_IGN in an xdist worker
     with pytest.raises(KeyboardInterrupt) as info:
         train_lib.train_and_evaluate(config, str(tmp_path))
     assert isinstance(info.value, preemption.Stopped)
@@ -219,7 +236,7 @@ def test_a_keyboard_interrupt_in_process_saves_and_calling_again_resumes(tmp_pat
     assert step in (10, 11) and str(info.value).startswith(
         f"stopped by SIGINT at step {step} of 30; saved it"
     )
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C works as it did
     assert stop_time.saved_steps(tmp_path) == [step]
     monkeypatch.undo()
     summary = train_lib.train_and_evaluate(config, str(tmp_path))  # the cell, run again
