@@ -186,3 +186,25 @@ def test_export_bench_prints_size_times_and_the_difference(capsys):
     assert row.startswith("| resnet20 | 32x32x3 |") and "MB" in row
     diff = float(row.split("|")[6].split()[0])
     assert diff <= 1e-4
+
+
+def test_stop_time_prints_each_repeat_and_the_time_to_exit(tmp_path):
+    proc = _run("bench.stop_time", "--repeats=1", "--after-step=2", f"--workdir={tmp_path}", "--",
+                "--config.num_train_steps=200")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = re.search(
+        r"repeat 0: SIGTERM after step 2, stopped at step (\d+), [\d.]+ MiB saved, exit 75; from the "
+        r"signal: ([\d.]+) s to the line saying it is saved, ([\d.]+) s to the exit",
+        proc.stdout,
+    )
+    assert line, proc.stdout
+    assert 2 <= int(line.group(1)) < 200 and float(line.group(2)) <= float(line.group(3))
+    assert "signal to exit: median" in proc.stdout
+
+
+def test_stop_time_refuses_an_unknown_signal(capsys):
+    from bench import stop_time
+
+    with pytest.raises(SystemExit):
+        stop_time.main(["--signal=SIGFOO"])
+    assert "--signal=SIGFOO is not a signal here" in capsys.readouterr().err
