@@ -95,8 +95,8 @@ class StopSignals:
     ``keep_after_stop`` is set: the command line tool sets it, and a further signal
     between the save and the process's exit is then ignored too.
 
-    Outside the main thread (where Python cannot install handlers) nothing is caught, and
-    a signal has its usual effect.
+    Outside the main thread (where Python cannot install handlers) only JAX's SIGTERM
+    notifier works, in a multi-process run; any other signal has its usual effect.
     """
 
     keep_after_stop = False
@@ -109,9 +109,9 @@ class StopSignals:
         self._jax = False
 
     def __enter__(self) -> StopSignals:
+        self._jax = _jax_notifier()  # its SIGTERM works from any thread
         if threading.current_thread() is not threading.main_thread():
             return self
-        self._jax = _jax_notifier()
         if jax.process_count() > 1 and not self._jax:
             print(
                 "warning: jax_enable_preemption_service is off, so the processes cannot agree on a "
