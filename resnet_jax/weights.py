@@ -16,8 +16,9 @@ import dataclasses
 import hashlib
 import os
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from resnet_jax import classes
+from resnet_jax.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
 _TORCHVISION = "https://download.pytorch.org/models/"
 
 
@@ -35,10 +36,31 @@ class Weights:
     top5: float
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"  # of the evaluation resize, always antialiased
+    classes: str = "imagenet-1k"
 
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The evaluation transform these weights were measured with (torchvision's
+        ``weights.transforms()``): ``entry.preprocessing(image)`` is the model input."""
+        return Preprocessing(
+            size=(self.crop_size, self.crop_size),
+            resize_size=self.resize_size,
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+        )
+
+    @property
+    def categories(self) -> list[str]:
+        """The class names, by index (torchvision's ``weights.meta['categories']``)."""
+        if self.classes == "imagenet-1k":
+            return classes.imagenet_classes()
+        return classes.numbered(self.num_classes)
 
 
 def _tv(model: str, tag: str, file: str, top1: float, top5: float, resize: int = 256) -> Weights:

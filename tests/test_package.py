@@ -122,7 +122,9 @@ def test_the_library_imports_one_way_and_keeps_its_files_short():
         visit(module)
     # The layers, bottom to top.
     assert not graph["resnet_jax.registry"] - {"resnet_jax.blocks", "resnet_jax.resnet"}
-    assert not graph["resnet_jax.weights"]
+    # The catalogue describes each entry's preprocessing and class names, two leaves.
+    assert graph["resnet_jax.weights"] <= {"resnet_jax.preprocessing", "resnet_jax.classes"}
+    assert not graph["resnet_jax.preprocessing"] and not graph["resnet_jax.classes"]
     assert "resnet_jax.pretrained" not in set().union(
         *(
             graph[m]

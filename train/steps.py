@@ -16,12 +16,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import resnet_jax
+from resnet_jax import preprocessing
 from train import mixing
 from train.mesh import DATA_AXIS
 
@@ -129,20 +129,8 @@ def compute_metrics(
     }
 
 
-def normalize_images(
-    images: jax.Array, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)
-) -> jax.Array:
-    """uint8 images, as the input pipeline yields them -> float32 ``(x / 255 - mean) / std``
-    per channel. Images of any other dtype are taken to be model inputs already.
-    """
-    if images.dtype != jnp.uint8:
-        return images
-    # One multiply and one add per pixel, with the constants computed once on the host.
-    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-    per_channel = (1,) * (images.ndim - 1) + (-1,)  # broadcast explicitly: no rank promotion
-    scale = jnp.asarray((1.0 / (255.0 * std)).astype(np.float32).reshape(per_channel))
-    offset = jnp.asarray((-mean / std).astype(np.float32).reshape(per_channel))
-    return images.astype(jnp.float32) * scale + offset
+# The library's, so that serving (resnet_jax.predict) normalises exactly as the steps do.
+normalize_images = preprocessing.normalize
 
 
 def train_step(

@@ -1,9 +1,9 @@
 """Decoding and augmentation of one image, in numpy: plain functions, each tested.
 
-JPEGs decode with libjpeg-turbo through simplejpeg (about 1.5x PIL's speed on
-ImageNet-sized files, measured for ``bench.input_pipeline``); other formats, and the JPEGs
-it cannot convert (CMYK), through PIL. Antialiased resizes are PIL's bilinear or bicubic
-filters, the ones torchvision's transforms apply to PIL images; the plain (not
+Decoding, resizing and the evaluation crop come from ``resnet_jax.preprocessing``: JPEGs
+decode with libjpeg-turbo through simplejpeg (about 1.5x PIL's speed on ImageNet-sized
+files, measured for ``bench.input_pipeline``); antialiased resizes are PIL's bilinear or
+bicubic filters, the ones torchvision's transforms apply to PIL images; the plain (not
 antialiased) resize of ``config.train_antialias=False`` is OpenCV's, as cheap as a resize
 gets. The policies that follow the crop (TrivialAugment, RandAugment, AutoAugment) and
 random erasing are in ``policies``.
@@ -15,87 +15,31 @@ image is augmented the same way whichever process or worker handles it.
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
 import cv2
 import numpy as np
-import simplejpeg
-from PIL import Image
 
+# Decoding, resizing and the evaluation crop are the library's (resnet_jax.preprocessing),
+# so that serving a trained model (resnet_jax.predict) prepares images exactly as its
+# evaluation here did.
+from resnet_jax.preprocessing import (  # noqa: F401  (re-exported: the pipeline's API)
+    CENTER_CROP_FRACTION,
+    INTERPOLATIONS,
+    decode_image,
+    resize,
+    resize_and_center_crop,
+)
 from train.input_pipeline import erasing, policies
 
 AUGMENTATIONS = ("none", "cifar", "imagenet")
-INTERPOLATIONS = ("bilinear", "bicubic")
-_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
-_CV2_FILTERS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
-# ImageNet evaluation: resize so that the crop is 87.5% of the shorter side (224 of 256).
-CENTER_CROP_FRACTION = 0.875
 # RandomResizedCrop's ranges (Szegedy et al. 2015; torchvision's defaults).
 CROP_AREA = (0.08, 1.0)
 CROP_ASPECT = (3 / 4, 4 / 3)
 
 # OpenCV's own thread pool would fight the loader's threads and worker processes.
 cv2.setNumThreads(1)
-
-
-def decode_image(data: bytes, channels: int) -> np.ndarray:
-    """Encoded JPEG/PNG/BMP/GIF bytes -> uint8 (H, W, channels).
-
-    Grayscale, RGBA and CMYK images are converted to ``channels`` (1 or 3). Raises
-    ``ValueError`` for data that is not a decodable image.
-    """
-    if channels not in (1, 3):
-        raise ValueError(f"channels={channels}: images decode to 1 (grayscale) or 3 (RGB) channels")
-    if data[:3] == b"\xff\xd8\xff":
-        try:
-            image = simplejpeg.decode_jpeg(data, colorspace="GRAY" if channels == 1 else "RGB")
-            return image.reshape(*image.shape[:2], channels)
-        except ValueError:
-            pass  # CMYK and other colour spaces libjpeg-turbo cannot convert: PIL below
-    try:
-        with Image.open(io.BytesIO(data)) as pil:
-            image = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"not a decodable image: {e}") from e
-    return image.reshape(*image.shape[:2], channels)
-
-
-def _pil(image: np.ndarray) -> Image.Image:
-    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-
-
-def _from_pil(pil: Image.Image, channels: int) -> np.ndarray:
-    out = np.asarray(pil)
-    return out.reshape(*out.shape[:2], channels)
-
-
-def resize(
-    image: np.ndarray,
-    size: tuple[int, int],
-    antialias: bool = True,
-    box: tuple[int, int, int, int] | None = None,
-    interpolation: str = "bilinear",
-) -> np.ndarray:
-    """Bilinear or bicubic resize of ``image`` (or of its ``box`` = (top, left, height,
-    width)) to ``size`` = (height, width); uint8 in and out, the image returned as is when
-    nothing changes.
-
-    ``antialias`` widens the filter when shrinking, as PIL and torchvision do; without it
-    the resize is a plain interpolation (OpenCV's), several times cheaper.
-    """
-    h, w = size
-    if box is not None:
-        top, left, bh, bw = box
-        image = image[top : top + bh, left : left + bw]
-    if image.shape[:2] == (h, w):
-        return image
-    if antialias:
-        pil = _pil(np.ascontiguousarray(image)).resize((w, h), _PIL_FILTERS[interpolation])
-        return _from_pil(pil, image.shape[-1])
-    out = cv2.resize(image, (w, h), interpolation=_CV2_FILTERS[interpolation])
-    return out.reshape(h, w, image.shape[-1])
 
 
 def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -163,29 +107,6 @@ def inception_crop(
     torchvision's ``RandomResizedCrop(size)``."""
     box = inception_crop_window(*image.shape[:2], rng, **window_kw)
     return resize(image, (size, size), antialias, box=box, interpolation=interpolation)
-
-
-def resize_and_center_crop(
-    image: np.ndarray, size: int, resize_size: int = 0, interpolation: str = "bilinear"
-) -> np.ndarray:
-    """torchvision's ``Resize(resize_size)`` + ``CenterCrop(size)`` on a PIL image: the
-    shorter side resized (antialiased) to ``resize_size`` (0: ``size`` / 0.875, 256 for
-    224), the longer to ``int(resize_size * long / short)``, then the central (size, size),
-    its offsets rounded as torchvision rounds them."""
-    resize_size = resize_size or int(size / CENTER_CROP_FRACTION)
-    h, w = image.shape[:2]
-    if h <= w:
-        nh, nw = resize_size, int(resize_size * w / h)
-    else:
-        nh, nw = int(resize_size * h / w), resize_size
-    image = resize(image, (nh, nw), antialias=True, interpolation=interpolation)
-    if nh < size or nw < size:  # CenterCrop pads with zeros
-        padded = np.zeros((max(nh, size), max(nw, size), image.shape[-1]), np.uint8)
-        top, left = (padded.shape[0] - nh) // 2, (padded.shape[1] - nw) // 2
-        padded[top : top + nh, left : left + nw] = image
-        image, (nh, nw) = padded, padded.shape[:2]
-    top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
-    return image[top : top + size, left : left + size]
 
 
 def preprocess(

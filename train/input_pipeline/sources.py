@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from resnet_jax.preprocessing import IMAGE_EXTENSIONS
 from train.input_pipeline import augment
 
 BUILTIN_DATASETS = ("digits", "image_folder")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclasses.dataclass(frozen=True)
