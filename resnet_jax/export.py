@@ -1,17 +1,25 @@
 r"""A model and its variables as one serialized ``jax.export`` artifact, for serving.
 
-``python -m resnet_jax.export --model=NAME --weights=SOURCE --image-size=224 --out=FILE``
+``python -m resnet_jax.export --weights=SOURCE --out=FILE [--raw-input[=HxW]] [--output=probabilities]``
 
-``SOURCE`` is a weights tag (``torchvision_v1``), a ``python -m resnet_jax.convert``
-directory or a training workdir (its newest checkpoint). The artifact is StableHLO with
-the variables inside and a symbolic batch dimension, lowered for CPU and CUDA by
-default (``--platforms``); ``FILE.json`` beside it says what goes in and comes out.
-Loading it needs JAX only, not this library, Flax or the model code::
+``SOURCE`` is a weights tag (``resnet50.torchvision_v1``, or ``torchvision_v1`` with
+``--model``), a ``python -m resnet_jax.convert`` directory or a training workdir (its
+newest checkpoint). The artifact is StableHLO with the variables inside and a symbolic
+batch dimension, lowered for CPU and CUDA by default (``--platforms``); ``FILE.json``
+beside it says what goes in and comes out, and lists the class names.
+
+By default the input is float32 ``(N, crop, crop, C)``, already preprocessed. With
+``--raw-input`` it is the decoded uint8 pixels, ``(N, H, W, C)`` at one size fixed at
+export (default: the resize size, square, e.g. 256x256); the resize, centre crop and
+normalisation run inside the graph, equal to the library's. Loading it needs JAX only,
+not this library, Flax or the model code::
 
     import jax, numpy as np
+    from PIL import Image
     with open("resnet50.jaxexport", "rb") as f:
         forward = jax.export.deserialize(f.read())
-    logits = forward.call(images)  # float32 (N, H, W, C), normalised: (x / 255 - mean) / std
+    image = np.asarray(Image.open("dog.jpg").convert("RGB").resize((256, 256)))
+    probabilities = forward.call(image[None])  # (1, 1000)
 
 Any batch size N works; H, W and C are fixed at export.
 """
@@ -26,33 +34,59 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from resnet_jax import cli, convert, pretrained, registry, weights, workdirs
+from resnet_jax import cli, pil_resize, sources
+from resnet_jax.preprocessing import Preprocessing, normalize
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+OUTPUTS = ("logits", "probabilities")
 
 
 def export_model(
     model: Any,
     variables: Any,
-    image_size: int,
+    image_size: int | None = None,
     platforms: Sequence[str] = ("cpu", "cuda"),
+    *,
+    preprocessing: Preprocessing | None = None,
+    raw_input: tuple[int, int] | None = None,
+    output: str = "logits",
 ) -> jax.export.Exported:
-    """``model.apply(variables, images, train=False)`` exported for ``platforms`` with
-    images of shape ``(batch, image_size, image_size, model.in_channels)``, batch symbolic."""
+    """``model.apply(variables, images, train=False)`` exported for ``platforms``, the
+    batch dimension symbolic.
+
+    By default the input is float32 ``(batch, image_size, image_size, in_channels)``,
+    already normalised. With ``raw_input=(H, W)`` it is uint8 ``(batch, H, W, channels)``
+    pixels, and ``preprocessing``'s resize, centre crop and normalisation run inside the
+    graph (``resnet_jax.pil_resize``: the same pixels as ``preprocessing.crop``).
+    ``output`` is ``'logits'`` or ``'probabilities'`` (the softmax).
+    """
     bad = sorted(set(platforms) - set(PLATFORMS))
     if bad or not platforms:
         raise ValueError(f"platforms={list(platforms)}: valid are {', '.join(PLATFORMS)}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r}: valid are {', '.join(OUTPUTS)}")
+    if raw_input is not None and preprocessing is None:
+        raise ValueError("raw_input needs the preprocessing to build into the graph")
     variables = jax.tree.map(
         jnp.asarray, {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
     )
 
     def forward(images: jax.Array) -> jax.Array:
-        return model.apply(variables, images, train=False).astype(jnp.float32)
+        if raw_input is not None:
+            images = pil_resize.resize_crop(images, preprocessing)
+            images = normalize(images, preprocessing.mean, preprocessing.std)
+        logits = model.apply(variables, images, train=False).astype(jnp.float32)
+        return jax.nn.softmax(logits) if output == "probabilities" else logits
 
     (batch,) = jax.export.symbolic_shape("batch")
-    spec = jax.ShapeDtypeStruct((batch, image_size, image_size, model.in_channels), jnp.float32)
+    if raw_input is not None:
+        spec = jax.ShapeDtypeStruct((batch, *raw_input, model.in_channels), jnp.uint8)
+    else:
+        size = image_size or (preprocessing.size[0] if preprocessing else None)
+        if not size:
+            raise ValueError("image_size: the input's height and width (or pass the preprocessing)")
+        spec = jax.ShapeDtypeStruct((batch, size, size, model.in_channels), jnp.float32)
     return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec)
 
 
@@ -77,70 +111,69 @@ def load(path: str) -> jax.export.Exported:
         return jax.export.deserialize(bytearray(f.read()))
 
 
-def _variables(source: str, model: str) -> tuple[Any, dict[str, Any]]:
-    """Variables and preprocessing from a weights tag, a converted directory or a workdir."""
-    tags = [w.tag for w in weights.list_weights(model)]
-    if source in tags and not os.path.exists(source):
-        entry = weights.get_weights(model, source)
-        info = {"mean": list(entry.mean), "std": list(entry.std), "source": entry.url}
-        return pretrained.load_pretrained(entry), info
-    if os.path.isfile(os.path.join(source, "metadata.json")):
-        variables, meta = convert.load(source)
-        return variables, {
-            "mean": meta.get("mean"),
-            "std": meta.get("std"),
-            "source": os.path.abspath(source),
-        }
-    if os.path.isdir(source):
-        variables, step = workdirs.load_variables(source)
-        config = workdirs.saved_config(source, step)
-        info = {
-            "mean": config.get("mean"),
-            "std": config.get("std"),
-            "source": f"{os.path.abspath(source)} step {step}",
-        }
-        return variables, info
-    raise ValueError(
-        f"--weights={source!r} is neither a tag of {model} ({', '.join(tags) or 'none'}), a converted "
-        "directory (python -m resnet_jax.convert) nor a training workdir"
-    )
-
-
-def _shape_overrides(variables: Any) -> dict[str, int]:
-    """The class and input-channel counts the variables were made for."""
-    params = variables["params"]
-    stem = params.get("stem_conv") or params.get("stem_conv1")
-    return {
-        "num_classes": int(np.shape(params["head"]["bias"])[0]) if "head" in params else 0,
-        "in_channels": int(np.shape(stem["kernel"])[2]),
-    }
+def _size(text: str, flag: str) -> tuple[int, int]:
+    """'224' or '480x640' (height x width) -> (224, 224) or (480, 640)."""
+    try:
+        h, w = (int(v) for v in (text.split("x") if "x" in text else (text, text)))
+    except ValueError:
+        h = w = 0
+    if min(h, w) < 1:
+        raise ValueError(f"{flag}={text!r}: a size N or HEIGHTxWIDTH, e.g. 256 or 480x640")
+    return h, w
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = cli.Parser(prog="python -m resnet_jax.export", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--model", required=True, help="a resnet_jax model name")
     parser.add_argument("--weights", required=True, help="a weights tag, a converted directory or a workdir")
-    parser.add_argument("--image-size", type=int, required=True, help="the input's height and width")
+    parser.add_argument("--model", default=None, help="a resnet_jax model name (needed for a bare tag)")
     parser.add_argument("--out", required=True, help="the artifact's path (a new file)")
+    parser.add_argument("--image-size", default="", help="float input: its size (default: the crop)")
+    parser.add_argument(
+        "--raw-input",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="HxW",
+        help="uint8 images of this size in (default: the resize size, square); preprocessing inside",
+    )
+    parser.add_argument("--output", default="logits", choices=OUTPUTS)
     parser.add_argument("--platforms", default="cpu,cuda", help=f"comma-separated, of {', '.join(PLATFORMS)}")
     args = parser.parse_args(argv)
     try:
-        if args.model not in registry.list_models():
-            registry.create_model(args.model)  # raises, naming the closest names
         if os.path.exists(args.out):
             raise FileExistsError(f"--out={args.out} exists; it is left untouched. Choose a new path.")
-        variables, info = _variables(args.weights, args.model)
-        shape = _shape_overrides(variables)
-        model = registry.create_model(args.model, **shape)
-        exported = export_model(model, variables, args.image_size, args.platforms.split(","))
+        loaded = sources.load(args.weights, model=args.model)
+        prep, shape = loaded.preprocessing, sources.shape_overrides(loaded.variables)
+        raw = None
+        if args.raw_input is not None:
+            default = (prep.resize_size or prep.size[0],) * 2
+            raw = _size(args.raw_input, "--raw-input") if args.raw_input else default
+        size = _size(args.image_size, "--image-size")[0] if args.image_size else prep.size[0]
+        exported = export_model(
+            loaded.model,
+            loaded.variables,
+            size,
+            args.platforms.split(","),
+            preprocessing=prep,
+            raw_input=raw,
+            output=args.output,
+        )
+        if raw is not None:
+            spec = {"shape": ["batch", *raw, shape["in_channels"]], "dtype": "uint8"}
+            spec["meaning"] = "decoded pixels, 0-255" + (", RGB order" if shape["in_channels"] == 3 else "")
+        else:
+            spec = {"shape": ["batch", size, size, shape["in_channels"]], "dtype": "float32"}
+            spec["meaning"] = "normalised: (x / 255 - mean) / std after the preprocessing"
         metadata = {
-            "model": args.model,
-            **info,
-            "input": {
-                "shape": ["batch", args.image_size, args.image_size, shape["in_channels"]],
-                "dtype": "float32",
-            },
-            "output": {"shape": ["batch", shape["num_classes"]], "dtype": "float32", "meaning": "logits"},
+            "model": loaded.name,
+            "source": loaded.description,
+            "input": spec,
+            "output": {"shape": ["batch", shape["num_classes"]], "dtype": "float32", "meaning": args.output},
+            "preprocessing": prep.to_dict(),
+            "preprocessing_in_graph": raw is not None,
+            "mean": list(prep.mean),
+            "std": list(prep.std),
+            "class_names": loaded.class_names,
             "platforms": list(exported.platforms),
             "jax_version": jax.__version__,
         }
@@ -149,11 +182,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not cli.is_user_error(e):
             raise
         cli.fail(str(e))
-    size = args.image_size
+    shown = " x ".join(str(d) for d in metadata["input"]["shape"])
     print(
         f"wrote {os.path.abspath(args.out)} ({os.path.getsize(args.out):,} bytes) and its .json: "
-        f"{args.model}, platforms {', '.join(exported.platforms)}, "
-        f"input (batch, {size}, {size}, {shape['in_channels']}) float32"
+        f"{loaded.name}, platforms {', '.join(exported.platforms)}, input ({shown}) "
+        f"{metadata['input']['dtype']}, output {args.output}"
     )
 
 

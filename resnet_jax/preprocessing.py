@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,6 +66,8 @@ def image_channels(data: bytes) -> int:
     try:
         with Image.open(io.BytesIO(data)) as pil:
             return 1 if pil.mode in _GRAYSCALE_MODES else 3
+    except UnidentifiedImageError:
+        raise ValueError("not an image (no format PIL reads: JPEG, PNG, BMP, GIF, WebP, TIFF, ...)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"not a decodable image: {e}") from e
 
@@ -202,9 +204,9 @@ class Preprocessing:
                 value = getattr(self, name)
                 raise ValueError(f"{name}={value}: one value, or one per channel ({self.channels})")
 
-    def crop(self, image: Any) -> np.ndarray:
-        """The resized and cropped uint8 (height, width, channels) image, not normalised.
-        An image of the other kind (grayscale for an RGB model, or the reverse) is refused."""
+    def checked(self, image: Any) -> np.ndarray:
+        """``as_array(image)``; an image of the other kind (grayscale for an RGB model, or
+        the reverse) is refused, saying how to convert it."""
         image = as_array(image)
         if image.shape[-1] != self.channels:
             kinds = {1: "grayscale (1 channel)", 3: "RGB (3 channels)"}
@@ -213,6 +215,11 @@ class Preprocessing:
                 f"the image is {kinds[image.shape[-1]]}, and this model takes {kinds[self.channels]} "
                 f"images: {fix} (PIL: image.convert({'RGB' if self.channels == 3 else 'L'!r}))"
             )
+        return image
+
+    def crop(self, image: Any) -> np.ndarray:
+        """The resized and cropped uint8 (height, width, channels) image, not normalised."""
+        image = self.checked(image)
         if self.resize_size:
             return resize_and_center_crop(image, self.size[0], self.resize_size, self.interpolation)
         return resize(image, self.size, self.antialias, interpolation=self.interpolation)

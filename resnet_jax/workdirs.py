@@ -35,6 +35,19 @@ def saved_config(path: str, step: int) -> dict[str, Any]:
         return json.load(f)
 
 
+def latest_step(path: str) -> int:
+    """The newest complete step saved in a workdir or its ``checkpoints`` directory."""
+    directory = checkpoint_dir(path)
+    manager = ocp.CheckpointManager(directory)
+    try:
+        step = manager.latest_step()
+    finally:
+        manager.close()
+    if step is None:
+        raise ValueError(f"no checkpoint in {directory}")
+    return step
+
+
 def innermost_message(error: BaseException) -> str:
     """The first line of the deepest cause: TensorStore's reason, not Orbax's wrapper."""
     while error.__cause__ is not None or error.__context__ is not None:

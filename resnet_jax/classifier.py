@@ -1,0 +1,175 @@
+"""Classify images in one call: images in, the top classes with their probabilities out.
+
+``Classifier`` holds a model, its evaluation preprocessing and its class names, from any
+source ``resnet_jax.sources`` resolves or from an export artifact; ``classify`` is the
+one-call form. ``python -m resnet_jax.predict`` is the command line over them::
+
+    import resnet_jax
+    resnet_jax.classify("dog.jpg", weights="resnet50.torchvision_v2")
+    # [('Samoyed', 0.87), ('white wolf', 0.03), ...]
+    classifier = resnet_jax.Classifier.load("runs/flowers")  # load once, call many times
+    classifier(["a.jpg", "b.png", pil_image, uint8_array], top=3)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from resnet_jax import sources
+from resnet_jax.preprocessing import (
+    Preprocessing,
+    center_crop_offsets,
+    decode_image,
+    image_channels,
+    resize,
+)
+
+
+def read_image(path: str) -> np.ndarray:
+    """The decoded uint8 (H, W, C) image of a file, C = 1 for grayscale files, else 3.
+    Raises ``ValueError`` naming the file when it is missing or not an image."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return decode_image(data, image_channels(data))
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError(f"{path}: {reason}") from None
+
+
+def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` resized (antialiased) to cover ``size`` = (H, W), keeping its aspect,
+    then centre-cropped to it: a raw-input artifact's fixed input."""
+    h, w = image.shape[:2]
+    scale = max(size[0] / h, size[1] / w)
+    nh, nw = max(size[0], int(h * scale + 0.5)), max(size[1], int(w * scale + 0.5))
+    image = resize(image, (nh, nw))
+    top, left = center_crop_offsets(nh, nw, size[0])[0], center_crop_offsets(nh, nw, size[1])[1]
+    return image[top : top + size[0], left : left + size[1]]
+
+
+class Classifier:
+    """A model with its preprocessing and class names; call it on images.
+
+    ``forward`` maps a batch of model inputs to class probabilities. Model inputs are the
+    normalised float32 crops of ``preprocessing``, or, for a raw-input export artifact
+    (``raw_size`` set), the uint8 images themselves at that (height, width).
+    """
+
+    def __init__(
+        self,
+        forward: Callable[[np.ndarray], Any],
+        preprocessing: Preprocessing,
+        class_names: Sequence[str],
+        raw_size: tuple[int, int] | None = None,
+        description: str = "",
+    ):
+        self.forward, self.preprocessing = forward, preprocessing
+        self.class_names, self.raw_size, self.description = list(class_names), raw_size, description
+
+    @classmethod
+    def from_model(
+        cls, model: Any, variables: Any, preprocessing: Preprocessing, class_names: Sequence[str], **kw: Any
+    ) -> Classifier:
+        """A Flax model and its variables (from ``create_model(name, weights=...)``, a
+        workdir or your own training)."""
+        import jax
+
+        variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
+        apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False).astype("float32")))
+        return cls(lambda x: apply(variables, x), preprocessing, class_names, **kw)
+
+    @classmethod
+    def load(cls, source: str, model: str | None = None, ema: bool | None = None) -> Classifier:
+        """From a weights tag, a converted directory, a workdir or an export artifact (see
+        ``resnet_jax.sources``); ``model`` names the architecture of a bare tag."""
+        if os.path.isfile(source) and (source.endswith(".jaxexport") or os.path.exists(source + ".json")):
+            return cls.from_artifact(source)
+        loaded = sources.load(source, model=model, ema=ema)
+        return cls.from_model(
+            loaded.model,
+            loaded.variables,
+            loaded.preprocessing,
+            loaded.class_names,
+            description=loaded.description,
+        )
+
+    @classmethod
+    def from_artifact(cls, path: str) -> Classifier:
+        """A ``python -m resnet_jax.export`` artifact and the ``.json`` beside it."""
+        from resnet_jax import export
+
+        try:
+            with open(path + ".json") as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: an export artifact needs its .json beside it ({e})") from None
+        if "preprocessing" not in meta or "class_names" not in meta:
+            raise ValueError(f"{path}.json names no preprocessing or classes (an older export): export again")
+        exported = export.load(path)
+        raw = meta["input"]["dtype"] == "uint8"
+        logits = meta["output"].get("meaning") == "logits"
+
+        def forward(x: np.ndarray) -> np.ndarray:
+            out = np.asarray(exported.call(x), np.float64)
+            if logits:
+                out = np.exp(out - out.max(-1, keepdims=True))
+                out /= out.sum(-1, keepdims=True)
+            return out.astype(np.float32)
+
+        raw_size = tuple(meta["input"]["shape"][1:3]) if raw else None
+        return cls(
+            forward, Preprocessing.from_dict(meta["preprocessing"]), meta["class_names"], raw_size, path
+        )
+
+    def inputs(self, images: Sequence[Any]) -> np.ndarray:
+        """The model input of ``images`` (paths, PIL images or uint8 arrays)."""
+        arrays = []
+        for image in images:
+            name = os.fspath(image) if isinstance(image, str | os.PathLike) else None
+            pixels = read_image(name) if name is not None else image
+            try:
+                if self.raw_size is None:
+                    arrays.append(self.preprocessing(pixels))
+                else:
+                    arrays.append(_fit(self.preprocessing.checked(pixels), self.raw_size))
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}" if name else str(e)) from None
+        return np.stack(arrays)
+
+    def probabilities(self, images: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        """float32 (N, classes): each image's class probabilities."""
+        out = []
+        for lo in range(0, len(images), batch_size):
+            x = self.inputs(images[lo : lo + batch_size])
+            # Padded to a power of two: a folder's last batch compiles no new shape.
+            padded = min(batch_size, 1 << (len(x) - 1).bit_length())
+            x = np.concatenate([x, np.zeros((padded - len(x), *x.shape[1:]), x.dtype)])
+            out.append(np.asarray(self.forward(x))[: len(images[lo : lo + batch_size])])
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def top(self, probabilities: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable ``(name, probability)`` of each row, most probable first."""
+        order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+        return [[(self.class_names[i], float(p[i])) for i in row] for p, row in zip(probabilities, order)]
+
+    def __call__(self, images: Any, top: int = 5, batch_size: int = 32) -> Any:
+        """The ``top`` classes of each image as ``[(name, probability), ...]``; a single
+        image (a path, a PIL image or one array) gives its list, a sequence a list of them."""
+        single = isinstance(images, str | os.PathLike) or not isinstance(images, Sequence | np.ndarray)
+        single = single or (isinstance(images, np.ndarray) and images.ndim <= 3)
+        batch = [images] if single else list(images)
+        result = self.top(self.probabilities(batch, batch_size), top)
+        return result[0] if single else result
+
+
+def classify(images: Any, weights: str, model: str | None = None, top: int = 5) -> Any:
+    """``Classifier.load(weights, model)(images, top)``: one call from images to names.
+    ``weights`` is a tag (``resnet50.torchvision_v2``), a converted directory, a training
+    workdir or an export artifact; see ``Classifier.__call__`` for ``images``."""
+    return Classifier.load(weights, model=model)(images, top=top)

@@ -1,0 +1,201 @@
+"""Where a model's weights come from: one string (``--weights=SOURCE``) resolved to the
+model, its variables, its evaluation preprocessing and its class names.
+
+A SOURCE is one of:
+
+- a weights tag, ``MODEL.TAG`` (``resnet50.torchvision_v2``) or a ``TAG`` with the model
+  named separately: downloaded, verified and converted once (``resnet_jax.pretrained``);
+- a directory written by ``python -m resnet_jax.convert``: its ``metadata.json`` names the
+  model, the classes and the preprocessing;
+- a training workdir of ``python -m train.main`` (or its ``checkpoints`` directory): the
+  newest step, with the EMA weights when the run kept them; its saved config gives the
+  model and the preprocessing, and its saved ``run`` item the class names.
+
+``resnet_jax.predict`` also takes an export artifact, which holds no variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from resnet_jax import classes, convert, pretrained, registry, weights, workdirs
+from resnet_jax.preprocessing import CENTER_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+
+@dataclasses.dataclass
+class Loaded:
+    name: str  # the resnet_jax model name
+    model: Any
+    variables: dict[str, Any]
+    preprocessing: Preprocessing
+    class_names: list[str]
+    description: str  # where the weights came from, for a log line or an artifact's .json
+
+
+def shape_overrides(variables: Any) -> dict[str, int]:
+    """The class and input-channel counts the variables were made for."""
+    params = variables["params"]
+    stem = params.get("stem_conv") or params.get("stem_conv1")
+    return {
+        "num_classes": int(np.shape(params["head"]["bias"])[0]) if "head" in params else 0,
+        "in_channels": int(np.shape(stem["kernel"])[2]),
+    }
+
+
+def tag_entry(source: str, model: str | None = None) -> weights.Weights | None:
+    """The weights entry ``source`` names (``MODEL.TAG``, or ``TAG`` of ``model``), or None."""
+    name, _, tag = source.rpartition(".")
+    if name and (name, tag) in weights.REGISTRY and model in (None, name):
+        return weights.REGISTRY[(name, tag)]
+    if model is not None and (model, source) in weights.REGISTRY:
+        return weights.REGISTRY[(model, source)]
+    return None
+
+
+def load(source: str, model: str | None = None, ema: bool | None = None) -> Loaded:
+    """The model and variables of ``source`` (see the module docstring). ``model`` names
+    the architecture where the source does not (a bare tag), or checks it where it does;
+    ``ema`` (workdirs) forces the EMA weights (True) or the live ones (False).
+
+    Raises ``ValueError`` naming the source and what it may be.
+    """
+    if model is not None and model not in registry.list_models():
+        registry.create_model(model)  # raises, naming the closest names
+    path = os.path.expanduser(source)
+    if os.path.isfile(os.path.join(path, "metadata.json")):
+        return _converted(path, model)
+    if os.path.isdir(path):
+        return _workdir(path, model, ema)
+    if os.path.exists(path):
+        raise ValueError(
+            f"--weights={source!r} is a file: pass a converted directory or a workdir (a weights file "
+            "converts with python -m resnet_jax.convert; an export artifact runs in resnet_jax.predict)"
+        )
+    entry = tag_entry(source, model)
+    if entry is None:
+        hint = _tags_hint(model, source)
+        raise ValueError(f"--weights={source!r}: no such file or directory, and not a weights tag. {hint}")
+    return Loaded(
+        name=entry.model,
+        model=registry.create_model(entry.model, num_classes=entry.num_classes),
+        variables=pretrained.load_pretrained(entry),
+        preprocessing=entry.preprocessing,
+        class_names=entry.categories,
+        description=f"{entry.model}.{entry.tag} ({entry.url})",
+    )
+
+
+def _tags_hint(model: str | None, source: str) -> str:
+    owners = [w.model for w in weights.list_weights() if w.tag == source]
+    if owners and model is None:
+        return f"{source!r} is a tag of {', '.join(owners)}: name the model, e.g. {owners[0]}.{source}."
+    entries = weights.list_weights(model)
+    if model is not None and not entries:
+        return f"{model} has no registered weights."
+    shown = [f"{w.model}.{w.tag}" for w in entries]
+    return f"Tags: {', '.join(shown)}."
+
+
+def _check_model(model: str | None, found: str, source: str) -> None:
+    if model is not None and model != found:
+        raise ValueError(f"{source} holds {found} weights, not {model}: drop --model or pass {found}")
+
+
+def _converted(directory: str, model: str | None) -> Loaded:
+    variables, meta = convert.load(directory)
+    name = meta.get("model") or model
+    if name is None:
+        raise ValueError(f"{directory}/metadata.json names no model: pass --model")
+    _check_model(model, name, directory)
+    shape = shape_overrides(variables)
+    crop = int(meta.get("crop_size") or 224)
+    preprocessing = Preprocessing(
+        size=(crop, crop),
+        resize_size=int(meta.get("resize_size") or int(crop / CENTER_CROP_FRACTION)),
+        interpolation=meta.get("interpolation") or "bilinear",
+        mean=meta.get("mean") or IMAGENET_MEAN,
+        std=meta.get("std") or IMAGENET_STD,
+        channels=shape["in_channels"],
+    )
+    names = meta.get("class_names")
+    if not names:
+        k = shape["num_classes"]
+        names = classes.imagenet_classes() if k == 1000 else classes.numbered(k)
+    what = f"{meta.get('source', 'converted')}: {meta.get('weights') or meta.get('url') or '?'}"
+    return Loaded(
+        name=name,
+        model=registry.create_model(name, **shape),
+        variables=variables,
+        preprocessing=preprocessing,
+        class_names=list(names),
+        description=f"{os.path.abspath(directory)} ({what})",
+    )
+
+
+def saved_run(path: str, step: int) -> dict[str, Any]:
+    """The ``run`` item saved with ``step`` (what the run trained on), or {}."""
+    file = os.path.join(workdirs.checkpoint_dir(path), str(step), "run", "metadata")
+    if not os.path.exists(file):
+        return {}
+    with open(file) as f:
+        return json.load(f)
+
+
+def workdir_preprocessing(config: dict[str, Any], image_shape: Any, channels: int) -> Preprocessing:
+    """The evaluation transform of a training run, from its saved config: the centre crop
+    of ``augment='imagenet'``, else the resize to ``image_size`` (the dataset's own size,
+    ``image_shape``, when 0), with its interpolation and normalisation."""
+    size = int(config.get("image_size") or 0)
+    if not size and not image_shape:
+        raise ValueError("the run saved neither its image_size nor its data's image shape")
+    resize_size = 0
+    if config.get("augment") == "imagenet":
+        resize_size = int(config.get("eval_resize_size") or 0) or int(size / CENTER_CROP_FRACTION)
+    return Preprocessing(
+        size=(size, size) if size else tuple(image_shape[:2]),
+        resize_size=resize_size,
+        interpolation=config.get("interpolation") or "bilinear",
+        mean=config.get("mean") or (0.0,),
+        std=config.get("std") or (1.0,),
+        channels=channels,
+    )
+
+
+def _workdir(path: str, model: str | None, ema: bool | None) -> Loaded:
+    try:
+        directory = workdirs.checkpoint_dir(path)
+    except ValueError:
+        raise ValueError(
+            f"--weights={path!r} is a directory, but neither a workdir (no checkpoints/ in it) nor a "
+            "converted one (no metadata.json)"
+        ) from None
+    try:
+        step = workdirs.latest_step(directory)
+    except ValueError:
+        raise ValueError(
+            f"--weights={path!r} is a directory, but neither a workdir (no checkpoint in it) nor a "
+            "converted one (no metadata.json)"
+        ) from None
+    config = workdirs.saved_config(directory, step)
+    name = config.get("model") or model
+    if name is None:
+        raise ValueError(f"the checkpoint at step {step} in {directory} saved no config: pass --model")
+    _check_model(model, name, directory)
+    use_ema = ema if ema is not None else float(config.get("ema_decay") or 0) > 0
+    variables = workdirs.load_variables(directory, step, ema=use_ema)[0]
+    shape = shape_overrides(variables)
+    data = saved_run(directory, step).get("data") or {}
+    names = data.get("class_names") or classes.numbered(shape["num_classes"])
+    return Loaded(
+        name=name,
+        model=registry.create_model(name, **shape),
+        variables=variables,
+        preprocessing=workdir_preprocessing(config, data.get("image_shape"), shape["in_channels"]),
+        class_names=[str(n) for n in names],
+        description=f"{directory} step {step}{' (EMA weights)' if use_ema else ''}",
+    )
