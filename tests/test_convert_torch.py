@@ -6,19 +6,15 @@ torchvision ops): random weights, non-trivial BatchNorm statistics, eval mode.
 
 import subprocess
 import sys
-import types
 
 import jax
 import numpy as np
 import pytest
 import tolerances
+from torch_reference import randomize as _randomize
+from torch_reference import torch, tv_models
 
 from resnet_jax import convert, create_model, weights
-
-torch = pytest.importorskip("torch")
-# torchvision's compiled ops do not load with the CPU torch build; its model code does.
-sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-tv_models = pytest.importorskip("torchvision.models")
 
 
 @pytest.fixture(autouse=True)
@@ -26,27 +22,6 @@ def _seeded_torch():
     # The kernels keep torchvision's and timm's own init, drawn from torch's global generator:
     # unseeded, timm's resnet50d once reached a 1.06e-4 logit difference in CI (4.5e-5 here).
     torch.manual_seed(0)
-
-
-def _randomize(module, seed):
-    """Random BN affine parameters and head bias, then BN running statistics measured on
-    random images (so they are non-trivial and the logits depend on the input), eval mode.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    bns = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for m in bns:
-            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-            m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batches
-        for m in module.modules():
-            if isinstance(m, torch.nn.Linear):
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-        module.train()
-        for _ in range(2):
-            module(torch.randn(8, 3, 64, 64, generator=gen))
-    return module.eval()
 
 
 def _compare(torch_model, variables, name, size=64, num_classes=7):
