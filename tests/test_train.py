@@ -236,11 +236,14 @@ def _main_without_tensorflow(workdir, *flags):
 
 
 def test_trains_on_digits_and_an_image_folder_without_tensorflow(tmp_path):
+    # The image-folder run then classifies images with python -m resnet_jax.predict: the
+    # class names, preprocessing and EMA weights come from its workdir alone.
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("test", 4)):
-        for label in ("a", "b"):
+    names = ("heron", "otter", "willow")
+    for split, n in (("train", 8), ("test", 4)):
+        for label in names:
             (tmp_path / "folder" / split / label).mkdir(parents=True)
             for i in range(n):
                 image = rng.integers(0, 256, (rng.integers(20, 40), 30, 3), dtype=np.uint8)
@@ -251,9 +254,26 @@ def test_trains_on_digits_and_an_image_folder_without_tensorflow(tmp_path):
     assert list((tmp_path / "digits" / "tensorboard").glob("events.out.tfevents.*"))
     folder = [f"--config.data_dir={tmp_path / 'folder'}", "--config.image_size=24", "--config.batch_size=8"]
     summary = _main_without_tensorflow(
-        tmp_path / "folder_run", "--config=train/configs/image_folder.py", *folder, *short
+        tmp_path / "folder_run",
+        "--config=train/configs/image_folder.py",
+        *folder,
+        *short,
+        "--config.ema_decay=0.9",
     )
-    assert summary["final"]["count"] == 8
+    assert summary["final"]["count"] == 12
+
+    cmd = [sys.executable, "-m", "resnet_jax.predict", f"--weights={tmp_path / 'folder_run'}", "--top=3"]
+    proc = subprocess.run(
+        [*cmd, str(tmp_path / "folder" / "test")], env=_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert "step 4 (EMA weights): resize to 24x24 (bilinear, antialiased), mean [0.485" in lines[0], lines[0]
+    rows = [line.split() for line in lines[2:]]
+    assert len(rows) == 3 * 12 and all(len(row) in (4, 5) for row in rows)
+    for first in range(0, len(rows), 3):  # each image: its three classes, by name
+        assert sorted(row[-2] for row in rows[first : first + 3]) == sorted(names)
+    assert not proc.stderr.strip(), proc.stderr[-2000:]
 
 
 @pytest.mark.prepare
