@@ -16,7 +16,11 @@ NOTEBOOKS = sorted(f for f in os.listdir(COLAB) if f.endswith(".ipynb"))
 # What each notebook must print or show when it has run: (text in its outputs, images).
 EXPECTED = {
     "01_train_cifar10.ipynb": (r"step \d+: test top-1 0\.\d+ over \d+ images", 2),
-    "02_finetune_pretrained.ipynb": (r"restored 100 arrays, re-initialised 2", 1),
+    "02_finetune_pretrained.ipynb": (
+        r"restored 100 arrays, re-initialised 2(.|\n)*fine-tuned: (.|\n)*flower\.jpg: class\d \d+\.\d%"
+        r"(.|\n)*flower\.jpg +1 +0\.\d+ +class\d \(\d\)",
+        2,
+    ),
     "03_library_in_your_code.ipynb": (
         r"every array equal: True; test accuracy(.|\n)*max \|diff\| 0\.0e\+00(.|\n)*batch 7: max \|diff\|",
         1,

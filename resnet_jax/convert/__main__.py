@@ -2,7 +2,8 @@ r"""python -m resnet_jax.convert --source=torchvision|timm|keras --model=NAME --
 
 Converts pretrained weights into an Orbax checkpoint of resnet_jax variables:
 ``DIR/variables`` ({'params', 'batch_stats'}) and ``DIR/metadata.json`` (source, model,
-classes, preprocessing mean/std and resolution, the input file's SHA-256). ``--weights``
+classes, the evaluation preprocessing: mean/std, resize, crop and interpolation, the
+input file's SHA-256); ``resnet_jax.Classifier.load(DIR)`` classifies with it. ``--weights``
 (W) is a local file, a URL, or a registered tag such as ``torchvision_v1`` (see
 ``resnet_jax.weights``); a URL or tag is downloaded into the cache and verified.
 ``.safetensors`` and Keras files are read as data; ``.pth`` only through
@@ -91,6 +92,7 @@ def _main(argv: list[str] | None) -> None:
         "std": list(entry.std if entry else weights.IMAGENET_STD),
         "crop_size": entry.crop_size if entry else 224,
         "resize_size": entry.resize_size if entry else 256,
+        "interpolation": entry.interpolation if entry else "bilinear",
         "reported_top1": entry.top1 if entry and entry.top1 else None,
     }
     convert.save(variables, metadata, args.out)
