@@ -17,6 +17,7 @@ import pytest
 from flax import traverse_util
 
 import resnet_jax
+import resnet_jax.sources
 from resnet_jax import convert
 from train import finetune, optim, train_lib
 from train.configs import default
@@ -194,6 +195,13 @@ def test_finetune_imagenet_resnet50_config_end_to_end_on_mock_flowers(tmp_path, 
     )
     for k, v in traverse_util.flatten_dict(state["batch_stats"]).items():
         np.testing.assert_array_equal(v, traverse_util.flatten_dict(source["batch_stats"])[k], err_msg=str(k))
+    # Served from the workdir: the TFDS dataset's label names, the config's evaluation crop.
+    served = resnet_jax.sources.load(str(tmp_path / "run"))
+    assert served.class_names == tfds.builder("tf_flowers").info.features["label"].names
+    assert served.preprocessing.describe() == (
+        "resize 256 (bilinear, antialiased), centre crop 224, "
+        "mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]"
+    )
 
 
 def test_linear_probe_preset():
