@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax import cli, pil_resize, sources
-from resnet_jax.preprocessing import Preprocessing, normalize
+from resnet_jax.preprocessing import Preprocessing
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 OUTPUTS = ("logits", "probabilities")
@@ -74,8 +74,7 @@ def export_model(
 
     def forward(images: jax.Array) -> jax.Array:
         if raw_input is not None:
-            images = pil_resize.resize_crop(images, preprocessing)
-            images = normalize(images, preprocessing.mean, preprocessing.std)
+            images = preprocessing.finish(pil_resize.resize_crop(images, preprocessing))
         logits = model.apply(variables, images, train=False).astype(jnp.float32)
         return jax.nn.softmax(logits) if output == "probabilities" else logits
 

@@ -183,9 +183,10 @@ class Preprocessing:
     resize_size: int = 0
     interpolation: str = "bilinear"
     antialias: bool = True
-    mean: tuple[float, ...] = IMAGENET_MEAN  # per channel, on the [0, 1] scale
+    mean: tuple[float, ...] = IMAGENET_MEAN  # per channel (in channel_order), on the [0, 1] scale
     std: tuple[float, ...] = IMAGENET_STD
     channels: int = 3
+    channel_order: str = "RGB"  # 'BGR': reversed after the crop (Keras' caffe-style ResNets)
 
     def __post_init__(self):
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
@@ -195,6 +196,8 @@ class Preprocessing:
             raise ValueError(f"interpolation={self.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels={self.channels}: 1 (grayscale) or 3 (RGB)")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order={self.channel_order!r}: 'RGB' or 'BGR'")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size={self.size}: (height, width), both >= 1")
         if self.resize_size and self.size[0] != self.size[1]:
@@ -224,9 +227,16 @@ class Preprocessing:
             return resize_and_center_crop(image, self.size[0], self.resize_size, self.interpolation)
         return resize(image, self.size, self.antialias, interpolation=self.interpolation)
 
+    def finish(self, crops: Any) -> Any:
+        """uint8 crops (numpy, or JAX inside a graph) -> the model input: the channels
+        in ``channel_order``, normalised."""
+        if self.channel_order == "BGR":
+            crops = crops[..., ::-1]
+        return normalize(crops, self.mean, self.std)
+
     def __call__(self, image: Any) -> np.ndarray:
-        """``crop`` and normalise: float32 (height, width, channels)."""
-        return normalize(self.crop(image), self.mean, self.std)
+        """``crop`` and ``finish``: float32 (height, width, channels)."""
+        return self.finish(self.crop(image))
 
     def batch(self, images: Sequence[Any]) -> np.ndarray:
         """The model input of several images: float32 (N, height, width, channels)."""
@@ -238,7 +248,8 @@ class Preprocessing:
         steps = f"resize to {h}x{w} ({filt})"
         if self.resize_size:
             steps = f"resize {self.resize_size} ({filt}), centre crop {h}"
-        return f"{steps}, mean {list(self.mean)}, std {list(self.std)}"
+        order = ", channels reversed (BGR)" if self.channel_order == "BGR" else ""
+        return f"{steps}{order}, mean {list(self.mean)}, std {list(self.std)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -121,6 +121,7 @@ def _converted(directory: str, model: str | None) -> Loaded:
         mean=meta.get("mean") or IMAGENET_MEAN,
         std=meta.get("std") or IMAGENET_STD,
         channels=shape["in_channels"],
+        channel_order=meta.get("channel_order") or "RGB",
     )
     names = meta.get("class_names")
     if not names:
@@ -129,7 +130,7 @@ def _converted(directory: str, model: str | None) -> Loaded:
     what = f"{meta.get('source', 'converted')}: {meta.get('weights') or meta.get('url') or '?'}"
     return Loaded(
         name=name,
-        model=registry.create_model(name, **shape),
+        model=registry.create_model(name, **shape, **meta.get("overrides", {})),
         variables=variables,
         preprocessing=preprocessing,
         class_names=list(names),

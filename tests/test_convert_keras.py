@@ -118,3 +118,49 @@ def test_h5_files_convert_like_the_live_model(keras_pair, tmp_path):
     for file in ("m.weights.h5", "m.h5"):
         converted = from_keras(str(tmp_path / file), name)
         jax.tree.map(np.testing.assert_array_equal, converted, live)
+
+
+def test_a_converted_keras_net_classifies_as_keras_with_its_preprocess_input(keras_pair, tmp_path, capsys):
+    # The converter's metadata holds Keras' own preprocess_input (v1: 'caffe', BGR minus
+    # the mean pixel; V2: x / 127.5 - 1) and v1's stride override: Classifier, on the same
+    # crops of real photographs, gives Keras' probabilities.
+    import dataclasses
+
+    import sklearn.datasets
+
+    from resnet_jax import Classifier, sources
+    from resnet_jax.convert.__main__ import main as convert_main
+
+    keras_model, name, *_ = keras_pair
+    keras_model.save_weights(tmp_path / "m.weights.h5")
+    convert_main(
+        [
+            "--source=keras",
+            f"--model={name}",
+            f"--weights={tmp_path / 'm.weights.h5'}",
+            f"--out={tmp_path / 'c'}",
+        ]
+    )
+    capsys.readouterr()
+    loaded = sources.load(str(tmp_path / "c"))
+    prep = dataclasses.replace(loaded.preprocessing, size=(64, 64), resize_size=73)  # the Keras net's input
+    classifier = Classifier.from_model(loaded.model, loaded.variables, prep, loaded.class_names)
+    photos = [
+        image[i * 90 : i * 90 + 300, i * 120 : i * 120 + 400]
+        for image in sklearn.datasets.load_sample_images().images
+        for i in range(3)
+    ]
+    got = classifier.probabilities(photos)
+    module = keras.applications.resnet_v2 if name.endswith("v2") else keras.applications.resnet
+    crops = np.stack([prep.crop(p) for p in photos])
+    logits = _keras_logits(keras_model, module.preprocess_input(crops.astype(np.float32)))
+    # Compared as logits up to each row's constant (the random net is confident: its
+    # probabilities say little), at test_logits_match_keras' bound for this input.
+    ours = np.log(got.astype(np.float64))
+    ours, theirs = (v - v.mean(-1, keepdims=True) for v in (ours, logits.astype(np.float64)))
+    x = prep.finish(crops)
+    tolerance = tolerances.rtol(lambda v: loaded.model.apply(v, x, train=False), loaded.variables)
+    # The logits depend on the photograph, by far more than the bound allows.
+    assert theirs.std(0).max() > 10 * tolerance * np.abs(theirs).max()
+    print(prep.describe())
+    tolerances.assert_close(f"{name}: Classifier vs Keras' preprocess_input", ours, theirs, tolerance)

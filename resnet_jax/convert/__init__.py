@@ -17,7 +17,7 @@ which downloads, converts and caches: it imports neither that nor the catalogue.
 
 from resnet_jax.convert._target import Variables
 from resnet_jax.convert.files import UnsafeWeightsError, keras_h5_weights, load, load_state_dict, save
-from resnet_jax.convert.keras import KERAS_BN_EPSILON, from_keras, keras_weights
+from resnet_jax.convert.keras import KERAS_BN_EPSILON, from_keras, keras_preprocessing, keras_weights
 from resnet_jax.convert.timm import from_timm
 from resnet_jax.convert.torchvision import from_torchvision, to_torchvision
 
@@ -29,6 +29,7 @@ __all__ = [
     "from_timm",
     "from_torchvision",
     "keras_h5_weights",
+    "keras_preprocessing",
     "keras_weights",
     "load",
     "load_state_dict",

@@ -95,6 +95,8 @@ def _main(argv: list[str] | None) -> None:
         "interpolation": entry.interpolation if entry else "bilinear",
         "reported_top1": entry.top1 if entry and entry.top1 else None,
     }
+    if args.source == "keras":  # its own normalisation (and, for v1, channel order and strides)
+        metadata.update(convert.keras_preprocessing(args.model))
     convert.save(variables, metadata, args.out)
     print(
         f"wrote {os.path.abspath(args.out)}: {args.model} from {args.source} ({metadata['weights']}, "

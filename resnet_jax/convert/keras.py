@@ -49,6 +49,25 @@ def keras_weights(model: Any) -> dict[str, list[np.ndarray]]:
     }
 
 
+def keras_preprocessing(model_name: str) -> dict[str, Any]:
+    """What ``keras.applications``' ``preprocess_input`` does for ``model_name``'s Keras
+    net, as ``resnet_jax.Preprocessing`` fields, and the model overrides the net needs.
+
+    The V2 nets take ``x / 127.5 - 1`` ('tf' mode): mean and std 0.5. The v1 nets take
+    'caffe' mode: the channels reversed to BGR, minus the ImageNet mean pixel (in BGR
+    order, on the 0-255 scale), unscaled: std 1/255 on the [0, 1] scale. Keras names no
+    evaluation crop; the converter writes torchvision's (resize 256, crop 224).
+    """
+    if model_name.endswith("v2"):
+        return {"mean": [0.5] * 3, "std": [0.5] * 3, "channel_order": "RGB", "overrides": {}}
+    return {
+        "mean": [103.939 / 255, 116.779 / 255, 123.68 / 255],
+        "std": [1 / 255] * 3,
+        "channel_order": "BGR",
+        "overrides": {"stride_in_1x1": True},
+    }
+
+
 def from_keras(weights: Any, model_name: str, *, epsilon: float = 1e-5) -> Variables:
     """Converts Keras applications ``ResNet50/101/152`` or ``ResNet50V2/101V2/152V2``.
 
