@@ -135,14 +135,18 @@ def center_crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
 
 
 def resize_and_center_crop(
-    image: np.ndarray, size: int, resize_size: int = 0, interpolation: str = "bilinear"
+    image: np.ndarray,
+    size: int,
+    resize_size: int = 0,
+    interpolation: str = "bilinear",
+    antialias: bool = True,
 ) -> np.ndarray:
     """torchvision's ``Resize(resize_size)`` + ``CenterCrop(size)`` on a PIL image: the
     shorter side resized (antialiased) to ``resize_size`` (0: ``size`` / 0.875, 256 for
     224), then the central (size, size)."""
     resize_size = resize_size or int(size / CENTER_CROP_FRACTION)
     nh, nw = resized_shape(*image.shape[:2], resize_size)
-    image = resize(image, (nh, nw), antialias=True, interpolation=interpolation)
+    image = resize(image, (nh, nw), antialias=antialias, interpolation=interpolation)
     if nh < size or nw < size:  # CenterCrop pads with zeros
         padded = np.zeros((max(nh, size), max(nw, size), image.shape[-1]), np.uint8)
         top, left = (padded.shape[0] - nh) // 2, (padded.shape[1] - nw) // 2
@@ -224,7 +228,9 @@ class Preprocessing:
         """The resized and cropped uint8 (height, width, channels) image, not normalised."""
         image = self.checked(image)
         if self.resize_size:
-            return resize_and_center_crop(image, self.size[0], self.resize_size, self.interpolation)
+            return resize_and_center_crop(
+                image, self.size[0], self.resize_size, self.interpolation, self.antialias
+            )
         return resize(image, self.size, self.antialias, interpolation=self.interpolation)
 
     def finish(self, crops: Any) -> Any:

@@ -36,7 +36,8 @@ class Weights:
     top5: float
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"  # of the evaluation resize, always antialiased
+    interpolation: str = "bilinear"  # of the evaluation resize
+    antialias: bool = True  # torchvision's transforms() resize PIL images antialiased
     classes: str = "imagenet-1k"
 
     @property
@@ -51,6 +52,7 @@ class Weights:
             size=(self.crop_size, self.crop_size),
             resize_size=self.resize_size,
             interpolation=self.interpolation,
+            antialias=self.antialias,
             mean=self.mean,
             std=self.std,
         )
