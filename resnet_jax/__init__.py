@@ -9,7 +9,7 @@
 Classify images with pretrained, converted or trained weights in one call:
 
 >>> resnet_jax.classify("dog.jpg", weights="resnet50.torchvision_v2")  # doctest: +SKIP
-[('Samoyed', 0.87...), ...]
+[(name, probability), ...]
 """
 
 from resnet_jax import convert, nnx_bridge, xla

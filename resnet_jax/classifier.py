@@ -6,7 +6,7 @@ one-call form. ``python -m resnet_jax.predict`` is the command line over them::
 
     import resnet_jax
     resnet_jax.classify("dog.jpg", weights="resnet50.torchvision_v2")
-    # [('Samoyed', 0.87), ('white wolf', 0.03), ...]
+    # [(name, probability), ...]: the top 5, most probable first
     classifier = resnet_jax.Classifier.load("runs/flowers")  # load once, call many times
     classifier(["a.jpg", "b.png", pil_image, uint8_array], top=3)
 """
@@ -49,7 +49,7 @@ def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     scale = max(size[0] / h, size[1] / w)
     nh, nw = max(size[0], int(h * scale + 0.5)), max(size[1], int(w * scale + 0.5))
     image = resize(image, (nh, nw))
-    top, left = center_crop_offsets(nh, nw, size[0])[0], center_crop_offsets(nh, nw, size[1])[1]
+    top, left = center_crop_offsets(nh, nw, size)
     return image[top : top + size[0], left : left + size[1]]
 
 
@@ -153,9 +153,14 @@ class Classifier:
             out.append(np.asarray(self.forward(x))[: len(images[lo : lo + batch_size])])
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
+    @staticmethod
+    def top_indices(probabilities: np.ndarray, k: int = 5) -> np.ndarray:
+        """(N, k): each row's ``k`` most probable class indices, most probable first."""
+        return np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+
     def top(self, probabilities: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable ``(name, probability)`` of each row, most probable first."""
-        order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+        order = self.top_indices(probabilities, k)
         return [[(self.class_names[i], float(p[i])) for i in row] for p, row in zip(probabilities, order)]
 
     def __call__(self, images: Any, top: int = 5, batch_size: int = 32) -> Any:

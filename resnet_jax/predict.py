@@ -17,8 +17,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from resnet_jax import cli
 from resnet_jax.classifier import Classifier
 from resnet_jax.preprocessing import IMAGE_EXTENSIONS
@@ -75,7 +73,7 @@ def _run(classifier: Classifier, files: list[str], args: Any) -> None:
         for lo in range(0, len(files), args.batch_size):
             chunk = files[lo : lo + args.batch_size]
             probabilities = classifier.probabilities(chunk, args.batch_size)
-            order = np.argsort(-probabilities, axis=-1, kind="stable")[:, : args.top]
+            order = classifier.top_indices(probabilities, args.top)
             bar.clear()
             if header:  # once the first batch has been read: an error comes before any table
                 print(f"{classifier.description}: {classifier.preprocessing.describe()}")

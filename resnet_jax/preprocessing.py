@@ -129,9 +129,11 @@ def resized_shape(height: int, width: int, shorter: int) -> tuple[int, int]:
     return int(shorter * height / width), shorter
 
 
-def center_crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
-    """(top, left) of torchvision's ``CenterCrop(size)``, rounded as it rounds them."""
-    return round((height - size) / 2.0), round((width - size) / 2.0)
+def center_crop_offsets(height: int, width: int, size: int | tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of torchvision's ``CenterCrop(size)`` (a side, or (height, width)),
+    rounded as it rounds them."""
+    crop_h, crop_w = (size, size) if isinstance(size, int) else size
+    return round((height - crop_h) / 2.0), round((width - crop_w) / 2.0)
 
 
 def resize_and_center_crop(

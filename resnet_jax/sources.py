@@ -17,7 +17,6 @@ A SOURCE is one of:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -138,15 +137,6 @@ def _converted(directory: str, model: str | None) -> Loaded:
     )
 
 
-def saved_run(path: str, step: int) -> dict[str, Any]:
-    """The ``run`` item saved with ``step`` (what the run trained on), or {}."""
-    file = os.path.join(workdirs.checkpoint_dir(path), str(step), "run", "metadata")
-    if not os.path.exists(file):
-        return {}
-    with open(file) as f:
-        return json.load(f)
-
-
 def workdir_preprocessing(config: dict[str, Any], image_shape: Any, channels: int) -> Preprocessing:
     """The evaluation transform of a training run, from its saved config: the centre crop
     of ``augment='imagenet'``, else the resize to ``image_size`` (the dataset's own size,
@@ -190,7 +180,7 @@ def _workdir(path: str, model: str | None, ema: bool | None) -> Loaded:
     use_ema = ema if ema is not None else float(config.get("ema_decay") or 0) > 0
     variables = workdirs.load_variables(directory, step, ema=use_ema)[0]
     shape = shape_overrides(variables)
-    data = saved_run(directory, step).get("data") or {}
+    data = workdirs.saved_item(directory, step, "run").get("data") or {}
     names = data.get("class_names") or classes.numbered(shape["num_classes"])
     return Loaded(
         name=name,

@@ -26,13 +26,19 @@ def checkpoint_dir(path: str) -> str:
     return directory
 
 
-def saved_config(path: str, step: int) -> dict[str, Any]:
-    """The config saved with ``step`` (empty when the step has none)."""
-    file = os.path.join(checkpoint_dir(path), str(step), "config", "metadata")
+def saved_item(path: str, step: int, item: str) -> dict[str, Any]:
+    """A JSON item saved with ``step``: ``config``, or ``run`` (what the run trained on:
+    its data's class names and image shape); empty when the step has none."""
+    file = os.path.join(checkpoint_dir(path), str(step), item, "metadata")
     if not os.path.exists(file):
         return {}
     with open(file) as f:
         return json.load(f)
+
+
+def saved_config(path: str, step: int) -> dict[str, Any]:
+    """The config saved with ``step`` (empty when the step has none)."""
+    return saved_item(path, step, "config")
 
 
 def latest_step(path: str) -> int:
