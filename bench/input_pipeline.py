@@ -121,7 +121,7 @@ def measure_grain(config, workers: int, batches: int, warmup: int) -> dict[str, 
 
     config.input_workers = workers
     start = time.perf_counter()
-    data = input_pipeline.create_data(config)
+    data = batching.create_data(settings.data(config))
     setup_s = time.perf_counter() - start
     stream = data.train_iterator()
     try:

@@ -30,13 +30,15 @@ from resnet_jax.preprocessing import (
 )
 
 
-def read_image(path: str) -> np.ndarray:
-    """The decoded uint8 (H, W, C) image of a file, C = 1 for grayscale files, else 3.
-    Raises ``ValueError`` naming the file when it is missing or not an image."""
+def read_image(path: str, channels: int | None = None) -> np.ndarray:
+    """The decoded uint8 (H, W, C) image of a file, converted to ``channels`` as the
+    trainer's input pipeline converts it (``decode_image``); without ``channels``, C = 1
+    for grayscale files, else 3. Raises ``ValueError`` naming the file when it is missing
+    or not an image."""
     try:
         with open(path, "rb") as f:
             data = f.read()
-        return decode_image(data, image_channels(data))
+        return decode_image(data, channels or image_channels(data))
     except (OSError, ValueError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ValueError(f"{path}: {reason}") from None
@@ -44,13 +46,34 @@ def read_image(path: str) -> np.ndarray:
 
 def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``image`` resized (antialiased) to cover ``size`` = (H, W), keeping its aspect,
-    then centre-cropped to it: a raw-input artifact's fixed input."""
+    then centre-cropped to it."""
     h, w = image.shape[:2]
     scale = max(size[0] / h, size[1] / w)
     nh, nw = max(size[0], int(h * scale + 0.5)), max(size[1], int(w * scale + 0.5))
     image = resize(image, (nh, nw))
     top, left = center_crop_offsets(nh, nw, size)
     return image[top : top + size[0], left : left + size[1]]
+
+
+def raw_input_for(image: np.ndarray, preprocessing: Preprocessing, raw_size: tuple[int, int]) -> np.ndarray:
+    """The uint8 ``raw_size`` input of a raw-input artifact for ``image`` (any size).
+
+    The artifact's graph resizes its input to ``preprocessing``'s resize size and centre-
+    crops it. Where that resize is the identity at ``raw_size`` (the default export: a
+    square of the resize size, or of the crop for a run that resizes without cropping),
+    the crop is made here, exactly as ``preprocessing.crop`` makes it, and placed where
+    the graph's centre crop takes it: the artifact then scores every image, square or
+    not, as the weights' own source does. For another ``raw_size`` the image is resized
+    to cover it and centre-cropped (close, not equal, for images of another shape)."""
+    prep = preprocessing
+    identity = (prep.resize_size,) * 2 if prep.resize_size else prep.size
+    if tuple(raw_size) != tuple(identity):
+        return image if image.shape[:2] == tuple(raw_size) else _fit(image, raw_size)
+    crop = prep.crop(image)
+    canvas = np.zeros((*raw_size, crop.shape[-1]), np.uint8)
+    top, left = center_crop_offsets(*raw_size, prep.size)
+    canvas[top : top + prep.size[0], left : left + prep.size[1]] = crop
+    return canvas
 
 
 class Classifier:
@@ -132,12 +155,14 @@ class Classifier:
         arrays = []
         for image in images:
             name = os.fspath(image) if isinstance(image, str | os.PathLike) else None
-            pixels = read_image(name) if name is not None else image
+            channels = self.preprocessing.channels
+            pixels = read_image(name, channels) if name is not None else image
             try:
                 if self.raw_size is None:
                     arrays.append(self.preprocessing(pixels))
                 else:
-                    arrays.append(_fit(self.preprocessing.checked(pixels), self.raw_size))
+                    pixels = self.preprocessing.checked(pixels)
+                    arrays.append(raw_input_for(pixels, self.preprocessing, self.raw_size))
             except ValueError as e:
                 raise ValueError(f"{name}: {e}" if name else str(e)) from None
         return np.stack(arrays)

@@ -2,6 +2,9 @@ r"""A model and its variables as one serialized ``jax.export`` artifact, for ser
 
 ``python -m resnet_jax.export --weights=SOURCE --out=FILE [--raw-input[=HxW]] [--output=probabilities]``
 
+The weights are those ``--weights`` gives everywhere (``resnet_jax.sources.load``): a
+workdir's EMA weights when the run kept them, unless ``--no-ema``.
+
 ``SOURCE`` is a weights tag (``resnet50.torchvision_v1``, or ``torchvision_v1`` with
 ``--model``), a ``python -m resnet_jax.convert`` directory or a training workdir (its
 newest checkpoint). The artifact is StableHLO with the variables inside and a symbolic
@@ -45,7 +48,7 @@ OUTPUTS = ("logits", "probabilities")
 def export_model(
     model: Any,
     variables: Any,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     platforms: Sequence[str] = ("cpu", "cuda"),
     *,
     preprocessing: Preprocessing | None = None,
@@ -55,8 +58,8 @@ def export_model(
     """``model.apply(variables, images, train=False)`` exported for ``platforms``, the
     batch dimension symbolic.
 
-    By default the input is float32 ``(batch, image_size, image_size, in_channels)``,
-    already normalised. With ``raw_input=(H, W)`` it is uint8 ``(batch, H, W, channels)``
+    By default the input is float32 ``(batch, height, width, in_channels)``, already
+    normalised: ``image_size`` (a side, or (height, width)), else the preprocessing's size. With ``raw_input=(H, W)`` it is uint8 ``(batch, H, W, channels)``
     pixels, and ``preprocessing``'s resize, centre crop and normalisation run inside the
     graph (``resnet_jax.pil_resize``: the same pixels as ``preprocessing.crop``).
     ``output`` is ``'logits'`` or ``'probabilities'`` (the softmax).
@@ -82,10 +85,11 @@ def export_model(
     if raw_input is not None:
         spec = jax.ShapeDtypeStruct((batch, *raw_input, model.in_channels), jnp.uint8)
     else:
-        size = image_size or (preprocessing.size[0] if preprocessing else None)
+        size = image_size or (preprocessing.size if preprocessing else None)
         if not size:
             raise ValueError("image_size: the input's height and width (or pass the preprocessing)")
-        spec = jax.ShapeDtypeStruct((batch, size, size, model.in_channels), jnp.float32)
+        height, width = (size, size) if isinstance(size, int) else size
+        spec = jax.ShapeDtypeStruct((batch, height, width, model.in_channels), jnp.float32)
     return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec)
 
 
@@ -136,18 +140,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="uint8 images of this size in (default: the resize size, square); preprocessing inside",
     )
     parser.add_argument("--output", default="logits", choices=OUTPUTS)
+    parser.add_argument("--no-ema", action="store_true", help="a workdir's live weights, not its EMA")
     parser.add_argument("--platforms", default="cpu,cuda", help=f"comma-separated, of {', '.join(PLATFORMS)}")
     args = parser.parse_args(argv)
     try:
         if os.path.exists(args.out):
             raise FileExistsError(f"--out={args.out} exists; it is left untouched. Choose a new path.")
-        loaded = sources.load(args.weights, model=args.model)
+        loaded = sources.load(args.weights, model=args.model, ema=False if args.no_ema else None)
         prep, shape = loaded.preprocessing, sources.shape_overrides(loaded.variables)
         raw = None
         if args.raw_input is not None:
-            default = (prep.resize_size or prep.size[0],) * 2
+            # The default is the size at which the graph's resize is the identity, so that
+            # resnet_jax.Classifier gives every image the source's exact preprocessing.
+            default = (prep.resize_size,) * 2 if prep.resize_size else prep.size
             raw = _size(args.raw_input, "--raw-input") if args.raw_input else default
-        size = _size(args.image_size, "--image-size")[0] if args.image_size else prep.size[0]
+        size = _size(args.image_size, "--image-size") if args.image_size else prep.size
         exported = export_model(
             loaded.model,
             loaded.variables,
@@ -161,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             spec = {"shape": ["batch", *raw, shape["in_channels"]], "dtype": "uint8"}
             spec["meaning"] = "decoded pixels, 0-255" + (", RGB order" if shape["in_channels"] == 3 else "")
         else:
-            spec = {"shape": ["batch", size, size, shape["in_channels"]], "dtype": "float32"}
+            spec = {"shape": ["batch", *size, shape["in_channels"]], "dtype": "float32"}
             spec["meaning"] = "normalised: (x / 255 - mean) / std after the preprocessing"
         metadata = {
             "model": loaded.name,

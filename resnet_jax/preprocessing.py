@@ -72,12 +72,19 @@ def image_channels(data: bytes) -> int:
         raise ValueError(f"not a decodable image: {e}") from e
 
 
-def as_array(image: Any) -> np.ndarray:
-    """A PIL image or a uint8 (H, W), (H, W, 1) or (H, W, 3) array -> uint8 (H, W, C).
-    Colour PIL modes (RGBA, palette, CMYK) become RGB and grayscale ones L, as
-    ``decode_image`` converts files."""
+def as_array(image: Any, channels: int | None = None) -> np.ndarray:
+    """A PIL image or a uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array -> uint8
+    (H, W, C), converted as ``decode_image`` converts files (the one image policy of the
+    trainer and every reader).
+
+    With ``channels`` (1 or 3) the result has that many: colour becomes grayscale with
+    PIL's ``convert('L')`` (ITU-R 601-2 luma), grayscale becomes RGB by repeating it, and
+    the alpha of RGBA is dropped, as PIL's ``convert('RGB')`` does. Without it, colour
+    PIL modes (RGBA, palette, CMYK) become RGB and grayscale ones L.
+    """
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("L" if image.mode in _GRAYSCALE_MODES else "RGB"))
+        gray = image.mode in _GRAYSCALE_MODES if channels is None else channels == 1
+        image = np.asarray(image.convert("L" if gray else "RGB"))
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(
@@ -86,8 +93,14 @@ def as_array(image: Any) -> np.ndarray:
         )
     if image.ndim == 2:
         image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3):
-        raise ValueError(f"an image array must be (H, W), (H, W, 1) or (H, W, 3); got shape {image.shape}")
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {image.shape}"
+        )
+    if image.shape[-1] == 4 or (channels is not None and image.shape[-1] != channels):
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[image.shape[-1]]
+        pil = Image.fromarray(np.ascontiguousarray(image[..., 0] if mode == "L" else image), mode)
+        return as_array(pil, channels or 3)
     return image
 
 
@@ -214,17 +227,10 @@ class Preprocessing:
                 raise ValueError(f"{name}={value}: one value, or one per channel ({self.channels})")
 
     def checked(self, image: Any) -> np.ndarray:
-        """``as_array(image)``; an image of the other kind (grayscale for an RGB model, or
-        the reverse) is refused, saying how to convert it."""
-        image = as_array(image)
-        if image.shape[-1] != self.channels:
-            kinds = {1: "grayscale (1 channel)", 3: "RGB (3 channels)"}
-            fix = "convert it to RGB first" if self.channels == 3 else "convert it to grayscale first"
-            raise ValueError(
-                f"the image is {kinds[image.shape[-1]]}, and this model takes {kinds[self.channels]} "
-                f"images: {fix} (PIL: image.convert({'RGB' if self.channels == 3 else 'L'!r}))"
-            )
-        return image
+        """``image`` as a uint8 (H, W, ``channels``) array: a grayscale image for an RGB
+        model, or a colour one for a grayscale model, is converted as the trainer's
+        decoding converts files (``as_array``)."""
+        return as_array(image, self.channels)
 
     def crop(self, image: Any) -> np.ndarray:
         """The resized and cropped uint8 (height, width, channels) image, not normalised."""

@@ -8,8 +8,10 @@ A SOURCE is one of:
 - a directory written by ``python -m resnet_jax.convert``: its ``metadata.json`` names the
   model, the classes and the preprocessing;
 - a training workdir of ``python -m train.main`` (or its ``checkpoints`` directory): the
-  newest step, with the EMA weights when the run kept them; its saved config gives the
-  model and the preprocessing, and its saved ``run`` item the class names.
+  newest step, with the EMA weights when the run kept them (``load``'s ``ema``); its saved
+  config names the model, and its saved ``run`` item the class names and the evaluation
+  ``Preprocessing`` the trainer used (the library does not rebuild it from the trainer's
+  fields, except for checkpoints saved before runs kept it).
 
 ``resnet_jax.predict`` also takes an export artifact, which holds no variables.
 """
@@ -56,12 +58,17 @@ def tag_entry(source: str, model: str | None = None) -> weights.Weights | None:
     return None
 
 
-def load(source: str, model: str | None = None, ema: bool | None = None) -> Loaded:
+def load(source: str, model: str | None = None, ema: bool | None = None, label: str = "--weights") -> Loaded:
     """The model and variables of ``source`` (see the module docstring). ``model`` names
-    the architecture where the source does not (a bare tag), or checks it where it does;
-    ``ema`` (workdirs) forces the EMA weights (True) or the live ones (False).
+    the architecture where the source does not (a bare tag), or checks it where it does.
 
-    Raises ``ValueError`` naming the source and what it may be.
+    The one rule for a workdir's weights, for ``python -m resnet_jax.predict``,
+    ``resnet_jax.classify``, ``python -m resnet_jax.export`` and the trainer's
+    ``init_from`` alike: its EMA weights when the run kept them (``ema=None``), else its
+    live ones; ``ema=False`` takes the live ones (``--no-ema``, ``init_from_ema=False``),
+    ``ema=True`` requires the EMA.
+
+    Raises ``ValueError`` naming the source (as ``label=SOURCE``) and what it may be.
     """
     if model is not None and model not in registry.list_models():
         registry.create_model(model)  # raises, naming the closest names
@@ -69,16 +76,16 @@ def load(source: str, model: str | None = None, ema: bool | None = None) -> Load
     if os.path.isfile(os.path.join(path, "metadata.json")):
         return _converted(path, model)
     if os.path.isdir(path):
-        return _workdir(path, model, ema)
+        return _workdir(path, model, ema, label)
     if os.path.exists(path):
         raise ValueError(
-            f"--weights={source!r} is a file: pass a converted directory or a workdir (a weights file "
+            f"{label}={source!r} is a file: pass a converted directory or a workdir (a weights file "
             "converts with python -m resnet_jax.convert; an export artifact runs in resnet_jax.predict)"
         )
     entry = tag_entry(source, model)
     if entry is None:
         hint = _tags_hint(model, source)
-        raise ValueError(f"--weights={source!r}: no such file or directory, and not a weights tag. {hint}")
+        raise ValueError(f"{label}={source!r}: no such file or directory, and not a weights tag. {hint}")
     return Loaded(
         name=entry.model,
         model=registry.create_model(entry.model, num_classes=entry.num_classes),
@@ -137,10 +144,11 @@ def _converted(directory: str, model: str | None) -> Loaded:
     )
 
 
-def workdir_preprocessing(config: dict[str, Any], image_shape: Any, channels: int) -> Preprocessing:
-    """The evaluation transform of a training run, from its saved config: the centre crop
-    of ``augment='imagenet'``, else the resize to ``image_size`` (the dataset's own size,
-    ``image_shape``, when 0), with its interpolation and normalisation."""
+def legacy_preprocessing(config: dict[str, Any], image_shape: Any, channels: int) -> Preprocessing:
+    """The evaluation transform of a run saved before runs kept their ``Preprocessing``
+    (``run['preprocessing']``), rebuilt from its saved config as that trainer built it:
+    the centre crop of ``augment='imagenet'``, else the resize to ``image_size`` (the
+    data's own size, ``image_shape``, when 0). Only for those old checkpoints."""
     size = int(config.get("image_size") or 0)
     if not size and not image_shape:
         raise ValueError("the run saved neither its image_size nor its data's image shape")
@@ -157,36 +165,39 @@ def workdir_preprocessing(config: dict[str, Any], image_shape: Any, channels: in
     )
 
 
-def _workdir(path: str, model: str | None, ema: bool | None) -> Loaded:
+def _workdir(path: str, model: str | None, ema: bool | None, label: str) -> Loaded:
+    not_a_workdir = (
+        f"{label}={path!r} is a directory, but neither a workdir (no checkpoint in it) nor a "
+        "converted one (no metadata.json)"
+    )
     try:
-        directory = workdirs.checkpoint_dir(path)
+        workdir = workdirs.Workdir(path)
     except ValueError:
-        raise ValueError(
-            f"--weights={path!r} is a directory, but neither a workdir (no checkpoints/ in it) nor a "
-            "converted one (no metadata.json)"
-        ) from None
-    try:
-        step = workdirs.latest_step(directory)
-    except ValueError:
-        raise ValueError(
-            f"--weights={path!r} is a directory, but neither a workdir (no checkpoint in it) nor a "
-            "converted one (no metadata.json)"
-        ) from None
-    config = workdirs.saved_config(directory, step)
-    name = config.get("model") or model
-    if name is None:
-        raise ValueError(f"the checkpoint at step {step} in {directory} saved no config: pass --model")
-    _check_model(model, name, directory)
-    use_ema = ema if ema is not None else float(config.get("ema_decay") or 0) > 0
-    variables = workdirs.load_variables(directory, step, ema=use_ema)[0]
+        raise ValueError(not_a_workdir) from None
+    with workdir:
+        try:
+            step = workdir.latest_step()
+        except ValueError:
+            raise ValueError(not_a_workdir) from None
+        config, run = workdir.item(step, workdirs.CONFIG), workdir.item(step, workdirs.RUN)
+        name = config.get("model") or model
+        if name is None:
+            raise ValueError(f"the checkpoint at step {step} in {workdir.directory} saved no config: pass --model")
+        _check_model(model, name, workdir.directory)
+        use_ema = ema if ema is not None else float(config.get("ema_decay") or 0) > 0
+        variables = workdir.variables(step, ema=use_ema)[0]
     shape = shape_overrides(variables)
-    data = workdirs.saved_item(directory, step, "run").get("data") or {}
+    data = run.get("data") or {}
+    if run.get("preprocessing"):
+        preprocessing = Preprocessing.from_dict(run["preprocessing"])
+    else:
+        preprocessing = legacy_preprocessing(config, data.get("image_shape"), shape["in_channels"])
     names = data.get("class_names") or classes.numbered(shape["num_classes"])
     return Loaded(
         name=name,
         model=registry.create_model(name, **shape),
         variables=variables,
-        preprocessing=workdir_preprocessing(config, data.get("image_shape"), shape["in_channels"]),
+        preprocessing=preprocessing,
         class_names=[str(n) for n in names],
-        description=f"{directory} step {step}{' (EMA weights)' if use_ema else ''}",
+        description=f"{workdir.directory} step {step} ({'EMA' if use_ema else 'live'} weights)",
     )

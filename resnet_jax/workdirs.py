@@ -1,19 +1,27 @@
 """Reading a training workdir (``python -m train.main``'s Orbax checkpoints) without the
-trainer: its variables, for inference, export or as a fine-tuning source, and its config.
+trainer: its variables, for inference, export or as a fine-tuning source, and the JSON
+items saved with each step.
 
 Each step of ``WORKDIR/checkpoints`` holds a ``state`` item (params, batch_stats, optimizer
-state, EMA, step) and a ``config`` item (JSON); ``train.checkpointing`` writes them.
+state, EMA, step) and JSON items: ``config`` (the trainer's config) and ``run`` (what the
+run trained on: its class names and image shape, and its evaluation ``Preprocessing``).
+``train.checkpointing`` writes them. Everything here goes through Orbax's API
+(``StandardRestore``, ``JsonRestore``); this module is the one place that knows the item
+names, for the trainer and the library alike.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import sys
 from typing import Any
 
 import orbax.checkpoint as ocp
+
+STATE, CONFIG, RUN, DATA = "state", "config", "run", "data"  # the items of a step
+
+
+class UnreadableItemError(ValueError):
+    """A saved item whose files cannot be read back."""
 
 
 def checkpoint_dir(path: str) -> str:
@@ -26,34 +34,6 @@ def checkpoint_dir(path: str) -> str:
     return directory
 
 
-def saved_item(path: str, step: int, item: str) -> dict[str, Any]:
-    """A JSON item saved with ``step``: ``config``, or ``run`` (what the run trained on:
-    its data's class names and image shape); empty when the step has none."""
-    file = os.path.join(checkpoint_dir(path), str(step), item, "metadata")
-    if not os.path.exists(file):
-        return {}
-    with open(file) as f:
-        return json.load(f)
-
-
-def saved_config(path: str, step: int) -> dict[str, Any]:
-    """The config saved with ``step`` (empty when the step has none)."""
-    return saved_item(path, step, "config")
-
-
-def latest_step(path: str) -> int:
-    """The newest complete step saved in a workdir or its ``checkpoints`` directory."""
-    directory = checkpoint_dir(path)
-    manager = ocp.CheckpointManager(directory)
-    try:
-        step = manager.latest_step()
-    finally:
-        manager.close()
-    if step is None:
-        raise ValueError(f"no checkpoint in {directory}")
-    return step
-
-
 def innermost_message(error: BaseException) -> str:
     """The first line of the deepest cause: TensorStore's reason, not Orbax's wrapper."""
     while error.__cause__ is not None or error.__context__ is not None:
@@ -62,72 +42,84 @@ def innermost_message(error: BaseException) -> str:
     return line if len(line) <= 400 else line[:400] + " ..."
 
 
-_UNREADABLE_PATHS: set[str] = set()
+def read_json(manager: ocp.CheckpointManager, step: int, item: str) -> dict[str, Any] | None:
+    """The JSON item ``item`` of ``step`` through Orbax's ``JsonRestore``; None when the
+    step has no such item, ``UnreadableItemError`` when it cannot be read as a JSON object."""
+    try:
+        value = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
+    except KeyError as e:
+        if "not found in the checkpoint" in str(e):  # Orbax's word for an item the step lacks
+            return None
+        raise UnreadableItemError(
+            f"the {item!r} item of step {step} in {manager.directory} is not readable ({e})"
+        ) from None
+    except Exception as e:  # whatever Orbax raises for a missing or broken file
+        raise UnreadableItemError(
+            f"the {item!r} item of step {step} in {manager.directory} is not readable JSON "
+            f"({innermost_message(e)})"
+        ) from None
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise UnreadableItemError(
+            f"the {item!r} item of step {step} in {manager.directory} holds a {type(value).__name__}, "
+            "not a JSON object"
+        )
+    return value
 
 
-def _mentions_unreadable(text: str) -> bool:
-    return text == "Event loop is closed" or any(p in text for p in _UNREADABLE_PATHS)
+class Workdir:
+    """A workdir's checkpoints, read-only: ``with Workdir(path) as w: w.load_variables()``."""
 
+    def __init__(self, path: str):
+        self.directory = checkpoint_dir(path)
+        self.manager = ocp.CheckpointManager(self.directory)
 
-class _DropFailedReads(logging.Filter):
-    """asyncio's "Task exception was never retrieved" records of those reads."""
+    def __enter__(self) -> Workdir:
+        return self
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not _mentions_unreadable(record.getMessage() + (str(error) if error else ""))
+    def __exit__(self, *exc: Any) -> None:
+        self.manager.close()
 
+    def latest_step(self) -> int:
+        """The newest complete step."""
+        step = self.manager.latest_step()
+        if step is None:
+            raise ValueError(f"no checkpoint in {self.directory}")
+        return step
 
-def quiet_failed_reads(step_dir: str) -> None:
-    """After a failed read, Orbax's remaining read coroutines of ``step_dir`` end with their
-    errors: unraisable tracebacks when they are collected, asyncio's "never retrieved"
-    log records, and TensorStore's callbacks finding Orbax's event loop closed. Thousands
-    of lines that add nothing to the one-line reason already given: drop exactly those.
-    Any other unraisable error or asyncio record still prints. A failed save's writes end
-    the same way, before the save's error reaches the caller: ``train.checkpointing``
-    passes its whole checkpoint directory when it starts."""
-    _UNREADABLE_PATHS.add(step_dir.rstrip(os.sep) + os.sep)
-    previous = sys.unraisablehook
-    if getattr(previous, "resnet_jax", False):
-        return
+    def item(self, step: int, item: str) -> dict[str, Any]:
+        """A JSON item of ``step`` (``CONFIG`` or ``RUN``); empty when the step has none."""
+        return read_json(self.manager, step, item) or {}
 
-    def hook(unraisable):
-        if not _mentions_unreadable(str(unraisable.exc_value)):
-            previous(unraisable)
-
-    hook.resnet_jax = True
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_DropFailedReads())
+    def variables(self, step: int | None = None, ema: bool = False) -> tuple[dict[str, Any], int]:
+        """``({'params', 'batch_stats'}, step)``: the newest step by default. ``ema=True``
+        takes the EMA weights and their BatchNorm statistics (runs with ``ema_decay > 0``;
+        a checkpoint from before the EMA averaged the statistics gives the live ones)."""
+        steps = list(self.manager.all_steps())
+        if not steps:
+            raise ValueError(f"no checkpoint in {self.directory}")
+        step = max(steps) if step is None else step
+        if step not in steps:
+            raise ValueError(f"step={step} is not saved in {self.directory}; saved: {sorted(steps)}")
+        try:
+            args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore()})
+            state = self.manager.restore(step, args=args)[STATE]
+        except Exception as e:  # a truncated or missing file
+            others = sorted(set(steps) - {step})
+            raise ValueError(
+                f"the checkpoint at step {step} in {self.directory} cannot be read "
+                f"({innermost_message(e)}); other saved steps: {others or 'none'}"
+            ) from None
+        if ema and not state.get("ema_params"):
+            raise ValueError(f"the checkpoint at step {step} in {self.directory} holds no EMA weights")
+        if ema:
+            stats = state.get("ema_batch_stats") or state.get("batch_stats") or {}
+            return {"params": state["ema_params"], "batch_stats": stats}, step
+        return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, step
 
 
 def load_variables(path: str, step: int | None = None, ema: bool = False) -> tuple[dict[str, Any], int]:
-    """``({'params', 'batch_stats'}, step)`` from a workdir or its ``checkpoints`` directory,
-    for inference or as a fine-tuning source: the newest step by default. ``ema=True``
-    takes the EMA weights and their BatchNorm statistics (runs with ``ema_decay > 0``;
-    a checkpoint from before the EMA averaged the statistics gives the live ones).
-    """
-    directory = checkpoint_dir(path)
-    manager = ocp.CheckpointManager(directory)
-    try:
-        steps = list(manager.all_steps())
-        if not steps:
-            raise ValueError(f"no checkpoint in {directory}")
-        step = max(steps) if step is None else step
-        if step not in steps:
-            raise ValueError(f"step={step} is not saved in {directory}; saved: {sorted(steps)}")
-        try:
-            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-        except Exception as e:  # a truncated or missing file
-            quiet_failed_reads(os.path.join(directory, str(step)))
-            others = sorted(set(steps) - {step})
-            raise ValueError(
-                f"the checkpoint at step {step} in {directory} cannot be read ({innermost_message(e)}); "
-                f"other saved steps: {others or 'none'}"
-            ) from None
-    finally:
-        manager.close()
-    if ema and not state.get("ema_params"):
-        raise ValueError(f"the checkpoint at step {step} in {directory} holds no EMA weights")
-    if ema:
-        stats = state.get("ema_batch_stats") or state.get("batch_stats") or {}
-        return {"params": state["ema_params"], "batch_stats": stats}, step
-    return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, step
+    """``Workdir(path).variables(step, ema)``: a workdir's weights in one call."""
+    with Workdir(path) as workdir:
+        return workdir.variables(step, ema)

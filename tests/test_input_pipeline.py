@@ -34,7 +34,7 @@ def _take(iterator, n):
 
 
 def test_digits_split_and_shapes():
-    data = input_pipeline.create_data(_config())
+    data = batching.create_data(settings.data(_config()))
     assert (data.num_train, data.num_eval, data.num_classes) == (1437, 360, 10)
     assert data.image_shape == (8, 8, 1) and data.steps_per_epoch == 1437 // 64
     batch = next(data.train_iterator())
@@ -44,14 +44,14 @@ def test_digits_split_and_shapes():
 
 def test_train_stream_is_seeded_and_resumes_from_the_iterator_state():
     config = _config(augment="cifar", crop_padding=2)
-    data = input_pipeline.create_data(config)
+    data = batching.create_data(settings.data(config))
     stream = data.train_iterator()
     states, first = [], []
     for _ in range(data.steps_per_epoch + 3):  # crosses an epoch
         states.append(stream.get_state())
         first.append(next(stream))
     for start in (5, data.steps_per_epoch, data.steps_per_epoch + 2):
-        resumed = input_pipeline.create_data(config).train_iterator()
+        resumed = batching.create_data(settings.data(config)).train_iterator()
         resumed.set_state(states[start])
         batch = next(resumed)
         np.testing.assert_array_equal(batch["image"], first[start]["image"])
@@ -62,13 +62,13 @@ def test_train_stream_is_seeded_and_resumes_from_the_iterator_state():
     # ...epochs are reshuffled, and another seed gives another order.
     assert not np.array_equal(first[0]["label"], first[data.steps_per_epoch]["label"])
     other = next(
-        input_pipeline.create_data(_config(augment="cifar", crop_padding=2, seed=1)).train_iterator()
+        batching.create_data(settings.data(_config(augment="cifar", crop_padding=2, seed=1))).train_iterator()
     )
     assert not np.array_equal(other["label"], first[0]["label"])
 
 
 def test_an_epoch_is_a_permutation_of_the_split():
-    data = input_pipeline.create_data(_config(batch_size=479))  # 1437 = 3 * 479: nothing dropped
+    data = batching.create_data(settings.data(_config(batch_size=479)))  # 1437 = 3 * 479: nothing dropped
     images = np.concatenate([b["image"] for b in _take(data.train_iterator(), 3)])
     split = data.source.splits["train"].images
     key = lambda a: sorted(x.tobytes() for x in a)  # noqa: E731
@@ -77,9 +77,9 @@ def test_an_epoch_is_a_permutation_of_the_split():
 
 def test_worker_processes_yield_the_same_stream_and_resume_it(monkeypatch):
     config = _config(augment="cifar", input_threads=1)
-    reference = _take(input_pipeline.create_data(config).train_iterator(), 6)
+    reference = _take(batching.create_data(settings.data(config)).train_iterator(), 6)
     config.input_workers = 2
-    data = input_pipeline.create_data(config)
+    data = batching.create_data(settings.data(config))
     stream = data.train_iterator()
     got = _take(stream, 3)
     state = stream.get_state()
@@ -127,11 +127,11 @@ time.sleep(300)
 
 def test_each_process_gets_its_part_of_the_same_global_batch(monkeypatch):
     config = _config(augment="cifar")
-    global_batches = _take(input_pipeline.create_data(config).train_iterator(), 8)
+    global_batches = _take(batching.create_data(settings.data(config)).train_iterator(), 8)
     monkeypatch.setattr(ip, "jax_process_count", lambda: 2)
     for index in (0, 1):
         monkeypatch.setattr(ip, "jax_process_index", lambda index=index: index)
-        part = _take(input_pipeline.create_data(config).train_iterator(), 8)[7]
+        part = _take(batching.create_data(settings.data(config)).train_iterator(), 8)[7]
         assert part["image"].shape == (32, 8, 8, 1)
         # Same examples, same augmentation: process p holds every other example.
         np.testing.assert_array_equal(part["image"], global_batches[7]["image"][index::2])
@@ -145,7 +145,7 @@ def test_eval_covers_the_split_exactly_once(monkeypatch, processes):
     seen = []
     for index in range(processes):
         monkeypatch.setattr(ip, "jax_process_index", lambda index=index: index)
-        data = input_pipeline.create_data(config)
+        data = batching.create_data(settings.data(config))
         batches = list(data.eval_batches())
         assert len(batches) == data.eval_steps  # the same count on every process
         for b in batches:
@@ -172,7 +172,7 @@ def _digits_test_split():
 
 
 def test_validation_split_holds_out_the_end_of_train():
-    data = input_pipeline.create_data(_config(validation_examples=237))
+    data = batching.create_data(settings.data(_config(validation_examples=237)))
     assert (data.num_train, data.num_eval) == (1200, 237)
     assert (data.train_split, data.eval_split) == ("train[:1200]", "train[1200:]")
     held_out = np.concatenate([b["image"][b["mask"] == 1] for b in data.eval_batches()])
@@ -181,13 +181,13 @@ def test_validation_split_holds_out_the_end_of_train():
 
 def test_bad_values_name_the_choices():
     with pytest.raises(ValueError, match=r"no split 'valid'; valid: train, test"):
-        input_pipeline.create_data(_config(eval_split="valid"))
+        batching.create_data(settings.data(_config(eval_split="valid")))
     with pytest.raises(
         ValueError,
         match=r"unknown augment 'autoaugment'; valid: none, cifar, imagenet \('autoaugment' is a "
         r"policy that follows the crop: set --config.auto_augment=autoaugment",
     ):
-        input_pipeline.create_data(_config(augment="autoaugment"))
+        batching.create_data(settings.data(_config(augment="autoaugment")))
     for field, value, match in (
         ("auto_augment", "ta_wide", r"unknown auto_augment 'ta_wide'; valid: '' \(none\), trivialaugment, "),
         ("interpolation", "lanczos", r"unknown interpolation 'lanczos'; valid: bilinear, bicubic"),
@@ -197,16 +197,16 @@ def test_bad_values_name_the_choices():
         ("train_image_size", -1, r"train_image_size=-1 must be >= 0"),
     ):
         with pytest.raises(ValueError, match=match):
-            input_pipeline.create_data(_config(**{field: value}))
+            batching.create_data(settings.data(_config(**{field: value})))
     with pytest.raises(ValueError, match=r"randaugment magnitude=11.0 must be in \[0, 10\]"):
-        input_pipeline.create_data(_config(auto_augment="randaugment", randaugment_magnitude=11.0))
+        batching.create_data(settings.data(_config(auto_augment="randaugment", randaugment_magnitude=11.0)))
     with pytest.raises(ValueError, match=r"input_workers=-1 must be >= 0"):
-        input_pipeline.create_data(_config(input_workers=-1))
+        batching.create_data(settings.data(_config(input_workers=-1)))
 
 
 def test_unknown_dataset_suggests_close_names():
     with pytest.raises(ValueError, match=r"unknown dataset 'cifar11'; did you mean .*'cifar10'"):
-        input_pipeline.create_data(_config(dataset="cifar11"))
+        batching.create_data(settings.data(_config(dataset="cifar11")))
 
 
 def _write_folder(root):
@@ -236,7 +236,7 @@ def _jpeg(array):
 def test_image_folder_converts_odd_images_and_lists_bad_ones(tmp_path):
     _write_folder(tmp_path)
     config = _config(dataset="image_folder", data_dir=str(tmp_path), image_size=16, batch_size=4, mean=(0.5,))
-    data = input_pipeline.create_data(config)
+    data = batching.create_data(settings.data(config))
     assert data.source.class_names == ["cat", "dog"]
     assert (data.num_train, data.num_eval) == (8 + 3, 4)  # gray, CMYK and RGBA kept
     assert {s: [p.rsplit("/", 1)[-1] for p in v] for s, v in data.source.skipped.items()} == {
@@ -249,24 +249,24 @@ def test_image_folder_converts_odd_images_and_lists_bad_ones(tmp_path):
     assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.uint8
     assert sum(b["mask"].sum() for b in data.eval_batches()) == 4
     # A subset of classes is renumbered from 0.
-    only_dog = input_pipeline.create_data(_config(**{**config.to_dict(), "classes": (1,)}))
+    only_dog = batching.create_data(settings.data(_config(**{**config.to_dict(), "classes": (1,)})))
     assert only_dog.source.class_names == ["dog"] and only_dog.num_train == 7
     # All decodable images are 12x10, so without image_size that is the input size.
     config.image_size = 0
-    assert input_pipeline.create_data(config).image_shape == (12, 10, 3)
+    assert batching.create_data(settings.data(config)).image_shape == (12, 10, 3)
     (tmp_path / "train" / "cat" / "big.jpg").write_bytes(_jpeg(np.zeros((20, 20, 3), np.uint8)))
     with pytest.raises(ValueError, match=r"varying sizes; set --config\.image_size"):
-        input_pipeline.create_data(config)
+        batching.create_data(settings.data(config))
 
 
 def test_image_folder_errors(tmp_path):
     with pytest.raises(ValueError, match=r"needs --config\.data_dir"):
-        input_pipeline.create_data(_config(dataset="image_folder"))
+        batching.create_data(settings.data(_config(dataset="image_folder")))
     with pytest.raises(ValueError, match="is not a directory"):
-        input_pipeline.create_data(_config(dataset="image_folder", data_dir=str(tmp_path / "missing")))
+        batching.create_data(settings.data(_config(dataset="image_folder", data_dir=str(tmp_path / "missing"))))
     (tmp_path / "test" / "a").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"has no train/ subfolder; found: \['test'\]"):
-        input_pipeline.create_data(_config(dataset="image_folder", data_dir=str(tmp_path)))
+        batching.create_data(settings.data(_config(dataset="image_folder", data_dir=str(tmp_path))))
 
 
 def test_imagenet_augmentation_through_an_image_folder(tmp_path):
@@ -281,7 +281,7 @@ def test_imagenet_augmentation_through_an_image_folder(tmp_path):
     config = _config(
         dataset="image_folder", data_dir=str(tmp_path), augment="imagenet", image_size=32, batch_size=6
     )
-    data = input_pipeline.create_data(config)
+    data = batching.create_data(settings.data(config))
     assert data.source.image_shape == (None, None, 3)
     batch = next(data.train_iterator())
     assert batch["image"].shape == (6, 32, 32, 3)
@@ -293,7 +293,7 @@ def test_imagenet_augmentation_through_an_image_folder(tmp_path):
         train_image_size=24, eval_resize_size=36, interpolation="bicubic", auto_augment="trivialaugment",
         random_erasing=0.5, repeated_augmentations=2,
     )  # fmt: skip
-    data = input_pipeline.create_data(config)
+    data = batching.create_data(settings.data(config))
     assert (data.train_image_shape, data.image_shape) == ((24, 24, 3), (32, 32, 3))
     assert next(data.train_iterator())["image"].shape == (6, 24, 24, 3)
     assert next(data.eval_batches())["image"].shape == (6, 32, 32, 3)
@@ -308,7 +308,7 @@ def test_repeated_augmentation_on_two_processes(monkeypatch):
     state = {"index": 0}
     monkeypatch.setattr(ip, "jax_process_index", lambda: state["index"])
     plain = _config(repeated_augmentations=k)
-    data = input_pipeline.create_data(plain)
+    data = batching.create_data(settings.data(plain))
     epoch = data.steps_per_epoch * plain.batch_size  # 22 * 64 = 1408 of 1437 examples
     round_batches = k * data.steps_per_epoch
 
@@ -316,7 +316,7 @@ def test_repeated_augmentation_on_two_processes(monkeypatch):
         out = {}
         for index in range(processes):
             state["index"] = index
-            stream = input_pipeline.create_data(config).train_iterator()
+            stream = batching.create_data(settings.data(config)).train_iterator()
             for b in range(round_batches):
                 batch = next(stream)
                 for i, (image, label) in enumerate(zip(batch["image"], batch["label"])):
@@ -353,12 +353,12 @@ def test_repeated_augmentation_on_two_processes(monkeypatch):
     config = _config(repeated_augmentations=k, augment="cifar", auto_augment="trivialaugment")
     for index in range(processes):
         state["index"] = index
-        stream = input_pipeline.create_data(config).train_iterator()
+        stream = batching.create_data(settings.data(config)).train_iterator()
         for _ in range(30):
             next(stream)
         saved = stream.get_state()
         expected = [next(stream) for _ in range(3)]
-        resumed = input_pipeline.create_data(config).train_iterator()
+        resumed = batching.create_data(settings.data(config)).train_iterator()
         resumed.set_state(saved)
         for want in expected:
             np.testing.assert_array_equal(next(resumed)["image"], want["image"])
@@ -385,7 +385,7 @@ def test_tfds_arrayrecord_source_reads_a_prepared_dataset(tmp_path):
     _tf_or_skip()
     importlib.import_module("tiny_tfds").prepare(tmp_path)  # tests/tiny_tfds
     config = _config(dataset="tiny_digits", data_dir=str(tmp_path), batch_size=16, augment="cifar")
-    data = input_pipeline.create_data(config)
+    data = batching.create_data(settings.data(config))
     assert (data.num_train, data.num_eval, data.num_classes, data.image_shape) == (160, 40, 10, (8, 8, 1))
     batch = next(data.train_iterator())
     assert batch["image"].shape == (16, 8, 8, 1) and batch["image"].dtype == np.uint8
@@ -412,7 +412,7 @@ def test_tfds_configs_on_mock_data(name, shape):
     if name == "imagenet_resnet50":
         config.image_size = 64  # mock images have random sizes; inception crop to 64
     with tfds.testing.mock_data(num_examples=24):
-        data = input_pipeline.create_data(config)
+        data = batching.create_data(settings.data(config))
         batch = next(data.train_iterator())
         eval_count = sum(b["mask"].sum() for b in data.eval_batches())
     assert batch["image"].shape == (8, *shape)

@@ -17,13 +17,18 @@ import pytest
 import tolerances
 
 import resnet_jax
-from train import train_lib
+from resnet_jax import preprocessing, workdirs
+from train import mesh as mesh_lib
+from train import optim, settings, steps
+from train.configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(**overrides):
-    base = dict(
+    # The defaults of train/configs/default.py, with these fields of the tests below.
+    config = default.get_config()
+    config.update(
         learning_rate=0.1,
         lr_schedule="cosine",
         warmup_epochs=0,
@@ -37,13 +42,20 @@ def _config(**overrides):
         grad_clip_norm=0.0,
         grad_accum_steps=1,
     )
-    return SimpleNamespace(**{**base, **overrides})
+    config.update(overrides)
+    return config
+
+
+def _lr(config, steps_per_epoch):
+    """The schedule of ``config``, built as the trainer builds it from its checked settings."""
+    total = settings.length(config).total_steps(steps_per_epoch)
+    return optim.create_learning_rate_fn(settings.optim(config), steps_per_epoch, total)
 
 
 def test_piecewise_schedule_is_he_et_al_cifar():
     # lr 0.1, divided by 10 at 32k and 48k iterations (He et al. 2016 §4.2).
     config = _config(lr_schedule="piecewise", lr_boundaries=(32000, 48000), num_train_steps=64000)
-    lr = train_lib.create_learning_rate_fn(config, steps_per_epoch=391)
+    lr = _lr(config, 391)
     values = [float(lr(s)) for s in (0, 31999, 32000, 47999, 48000, 63999)]
     # Each is a float32 constant times a float32 factor: two roundings of u = 6e-8 each.
     np.testing.assert_allclose(values, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
@@ -51,13 +63,13 @@ def test_piecewise_schedule_is_he_et_al_cifar():
 
 def test_warmup_then_cosine():
     config = _config(warmup_epochs=5, num_epochs=90, learning_rate=0.4)
-    lr = train_lib.create_learning_rate_fn(config, steps_per_epoch=100)
+    lr = _lr(config, 100)
     assert float(lr(0)) == 0.0
     # A few float32 operations (a division, a cosine, a product): each within a few u = 6e-8.
     np.testing.assert_allclose(float(lr(250)), 0.2, rtol=1e-6)  # halfway through warmup
     np.testing.assert_allclose(float(lr(500)), 0.4, rtol=1e-6)  # peak
     assert float(lr(9000)) < 1e-6  # decayed to zero at the end
-    assert train_lib.total_steps(_config(num_train_steps=7), 100) == 7
+    assert settings.length(_config(num_train_steps=7)).total_steps(100) == 7
 
 
 @pytest.mark.parametrize(
@@ -74,7 +86,7 @@ def test_warmup_then_cosine():
 def test_unknown_choices_are_named(field, value, match):
     config = _config(**{field: value})
     with pytest.raises(ValueError, match=match):
-        train_lib.create_optimizer(config, train_lib.create_learning_rate_fn(config, 10))
+        optim.create_optimizer(settings.optim(config), _lr(config, 10))
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +96,16 @@ def small_params():
 
 
 def test_decay_mask_spares_norms_and_biases(small_params):
-    mask = train_lib.decay_mask(small_params)
+    mask = optim.decay_mask(small_params)
     assert mask["stem_conv"]["kernel"] and mask["head"]["kernel"]
     assert not mask["head"]["bias"]
     assert not mask["stem_norm"]["scale"] and not mask["stem_norm"]["bias"]
 
 
-@pytest.mark.parametrize("name", train_lib.OPTIMIZERS)
+@pytest.mark.parametrize("name", settings.OPTIMIZERS)
 def test_weight_decay_reaches_kernels_only(small_params, name):
     config = _config(optimizer=name, weight_decay=0.5, momentum=0.0 if name == "sgd" else 0.9)
-    tx = train_lib.create_optimizer(config, optax.constant_schedule(0.1))
+    tx = optim.create_optimizer(settings.optim(config), optax.constant_schedule(0.1))
     zero_grads = jax.tree.map(jnp.zeros_like, small_params)
     updates, _ = tx.update(zero_grads, tx.init(small_params), small_params)
     assert float(jnp.abs(updates["stem_conv"]["kernel"]).max()) > 0
@@ -109,16 +121,16 @@ def test_weight_decay_reaches_kernels_only(small_params, name):
 
 def test_gradient_clipping_and_accumulation(small_params):
     big = jax.tree.map(lambda p: jnp.full_like(p, 100.0), small_params)
-    clip = train_lib.create_optimizer(
-        _config(momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0), optax.constant_schedule(1.0)
+    clip = optim.create_optimizer(
+        settings.optim(_config(momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0)), optax.constant_schedule(1.0)
     )
     updates, _ = clip.update(big, clip.init(small_params), small_params)
     # A global norm sums every parameter's square: the float32 bound of its sums.
     norm_tol = tolerances.rtol(optax.tree.norm, big)
     np.testing.assert_allclose(float(optax.tree.norm(updates)), 1.0, rtol=norm_tol)
 
-    accum = train_lib.create_optimizer(
-        _config(weight_decay=0.0, grad_accum_steps=2), optax.constant_schedule(1.0)
+    accum = optim.create_optimizer(
+        settings.optim(_config(weight_decay=0.0, grad_accum_steps=2)), optax.constant_schedule(1.0)
     )
     state = accum.init(small_params)
     first, state = accum.update(big, state, small_params)
@@ -126,8 +138,9 @@ def test_gradient_clipping_and_accumulation(small_params):
     second, _ = accum.update(big, state, small_params)
     assert float(optax.tree.norm(second)) > 0.0
     # The schedule is in micro-batch steps: update u runs at the lr of step u * k.
-    sgd = train_lib.create_optimizer(
-        _config(momentum=0.0, weight_decay=0.0, grad_accum_steps=4), lambda step: 1.0 / (1.0 + step)
+    sgd = optim.create_optimizer(
+        settings.optim(_config(momentum=0.0, weight_decay=0.0, grad_accum_steps=4)),
+        lambda step: 1.0 / (1.0 + step),
     )
     state, norms = sgd.init(small_params), []
     for _ in range(8):
@@ -140,8 +153,8 @@ def test_gradient_clipping_and_accumulation(small_params):
 def test_label_smoothing_and_loss():
     logits = jnp.array([[10.0, 0.0, 0.0]])
     labels = jnp.array([0])
-    plain = float(train_lib.cross_entropy_loss(logits, labels)[0])
-    smooth = float(train_lib.cross_entropy_loss(logits, labels, label_smoothing=0.3)[0])
+    plain = float(steps.cross_entropy_loss(logits, labels)[0])
+    smooth = float(steps.cross_entropy_loss(logits, labels, label_smoothing=0.3)[0])
     logp = jax.nn.log_softmax(logits[0])
     # A softmax over 3 classes: a handful of float32 operations, each within u = 6e-8.
     np.testing.assert_allclose(plain, -logp[0], rtol=1e-6)
@@ -152,40 +165,40 @@ def test_label_smoothing_and_loss():
 def test_metrics_count_only_real_examples():
     logits = jnp.array([[3.0, 2, 1, 0, -1, -2], [0.0, 1, 2, 3, 4, 5], [5.0, 0, 0, 0, 0, 0]])
     labels = jnp.array([0, 0, 1])
-    m = train_lib.compute_metrics(logits, labels, mask=jnp.array([1, 1, 0]))
+    m = steps.compute_metrics(logits, labels, mask=jnp.array([1, 1, 0]))
     assert float(m["count"]) == 2 and float(m["top1"]) == 1
     # Example 2's label 0 ranks 6th: not in its top 5.
     assert float(m["top5"]) == 1
-    full = train_lib.compute_metrics(logits[:2], labels[:2])
+    full = steps.compute_metrics(logits[:2], labels[:2])
     np.testing.assert_allclose(float(m["loss"]), float(full["loss"]), rtol=1e-6)  # sums of 2 or 3 terms
 
 
 def test_normalize_images_on_the_device():
     images = jnp.asarray([[[[0, 255, 51]]]], jnp.uint8)
-    out = train_lib.normalize_images(images, mean=(0.0, 0.5, 0.2), std=(1.0, 0.5, 0.1))
+    out = preprocessing.normalize(images, mean=(0.0, 0.5, 0.2), std=(1.0, 0.5, 0.1))
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, [[[[0.0, 1.0, 0.0]]]], atol=1e-6)  # one multiply-add of values ~1
     floats = jnp.ones((1, 2, 2, 3), jnp.float32)  # already model inputs: left alone
-    assert train_lib.normalize_images(floats, (0.5,), (0.5,)) is floats
+    assert preprocessing.normalize(floats, (0.5,), (0.5,)) is floats
 
 
 def test_uint8_batches_train_as_their_normalised_floats():
     # The pipeline hands the steps uint8 images; the steps normalise them on the device.
     model = resnet_jax.create_model("resnet20", stage_sizes=(1,), num_classes=3)
-    mesh = train_lib.create_mesh(jax.devices()[:1])
+    mesh = mesh_lib.create_mesh(jax.devices()[:1])
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
     labels = rng.integers(0, 3, 4).astype(np.int32)
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
     results = []
-    for image, steps in (
-        (pixels, train_lib.make_steps(mesh, mean=mean, std=std)),
-        (((pixels / 255.0 - mean) / std).astype(np.float32), train_lib.make_steps(mesh)),
+    for image, fns in (
+        (pixels, steps.make_steps(mesh, settings.Step(mean=mean, std=std))),
+        (((pixels / 255.0 - mean) / std).astype(np.float32), steps.make_steps(mesh)),
     ):
-        state = train_lib.create_train_state(model, optax.sgd(0.1), (8, 8, 3), jax.random.key(0))
-        batch = train_lib.shard_batch({"image": image, "label": labels}, mesh)
-        state, metrics = steps[0](state, batch, train_lib.replicate(jax.random.key(1), mesh))
-        evaluation = steps[1](state, {**batch, "mask": jnp.ones(4)})
+        state = steps.create_train_state(model, optax.sgd(0.1), (8, 8, 3), jax.random.key(0))
+        batch = mesh_lib.shard_batch({"image": image, "label": labels}, mesh)
+        state, metrics = fns[0](state, batch, mesh_lib.replicate(jax.random.key(1), mesh))
+        evaluation = fns[1](state, {**batch, "mask": jnp.ones(4)})
         results.append((float(metrics["loss"]), float(evaluation["loss"])))
     # The images differ by the rounding of the normalisation (float32 on the device, float64
     # then float32 on the host), then one step and one eval: the float32 bounds of those.
@@ -197,14 +210,14 @@ def test_uint8_batches_train_as_their_normalised_floats():
 def test_batch_size_must_divide_over_devices():
     mesh = SimpleNamespace(devices=np.empty(8))
     with pytest.raises(ValueError, match=r"batch_size=100 does not divide over 8 devices.*96 or 104"):
-        train_lib.check_batch_size(100, mesh)
-    train_lib.check_batch_size(128, mesh)
+        mesh_lib.check_batch_size(100, mesh)
+    mesh_lib.check_batch_size(128, mesh)
 
 
 _EIGHT_DEVICES = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np, optax, resnet_jax, tolerances
-    from train import train_lib
+    from train import mesh as mesh_lib, settings, steps
     assert jax.device_count() == 8, jax.devices()
     model = resnet_jax.create_model("resnet20", stage_sizes=(1, 1), num_classes=4)
     rng = np.random.default_rng(0)
@@ -212,19 +225,19 @@ _EIGHT_DEVICES = textwrap.dedent(
                 "label": rng.integers(0, 4, 16).astype(np.int32)} for _ in range(3)]
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-        mesh = train_lib.create_mesh(devices)
+        mesh = mesh_lib.create_mesh(devices)
         tx = optax.sgd(0.1, momentum=0.9)
-        state = train_lib.create_train_state(model, tx, (8, 8, 3), jax.random.key(0))
-        state = train_lib.replicate(state, mesh)
+        state = steps.create_train_state(model, tx, (8, 8, 3), jax.random.key(0))
+        state = mesh_lib.replicate(state, mesh)
         params = jax.device_get(state.params)
-        p_train, p_eval = train_lib.make_steps(mesh)
+        p_train, p_eval = steps.make_steps(mesh)
         losses = []
         for i, b in enumerate(batches):
-            key = train_lib.replicate(jax.random.key(1), mesh)
-            state, m = p_train(state, train_lib.shard_batch(b, mesh), key)
+            key = mesh_lib.replicate(jax.random.key(1), mesh)
+            state, m = p_train(state, mesh_lib.shard_batch(b, mesh), key)
             losses.append(float(m["loss"]) / float(m["count"]))
             if i == 0:
-                ev = p_eval(state, train_lib.shard_batch({**b, "mask": np.ones(16, np.float32)}, mesh))
+                ev = p_eval(state, mesh_lib.shard_batch({**b, "mask": np.ones(16, np.float32)}, mesh))
                 first = (jax.tree.map(np.subtract, jax.device_get(state.params), params),
                          jax.device_get(state.batch_stats), float(ev["loss"]) / 16)
         results.append((losses, *first))
@@ -261,17 +274,17 @@ _EIGHT_DEVICES = textwrap.dedent(
     from train import mixing
     mixed = []
     for devices in (jax.devices()[:1], jax.devices()):
-        mesh = train_lib.create_mesh(devices)
+        mesh = mesh_lib.create_mesh(devices)
         tx = optax.sgd(0.1, momentum=0.9)
-        state = train_lib.create_train_state(model, tx, (8, 8, 3), jax.random.key(0))
-        state = train_lib.replicate(state, mesh)
-        p_train, _ = train_lib.make_steps(
-            mesh, mix=mixing.MixConfig(mixup_alpha=0.2, cutmix_alpha=1.0), loss="bce")
+        state = steps.create_train_state(model, tx, (8, 8, 3), jax.random.key(0))
+        state = mesh_lib.replicate(state, mesh)
+        p_train, _ = steps.make_steps(
+            mesh, settings.Step(mix=mixing.MixConfig(mixup_alpha=0.2, cutmix_alpha=1.0), loss="bce"))
         losses = []
         for i in range(10):
             b = batches[i % 3]
-            key = train_lib.replicate(jax.random.key(1), mesh)
-            state, m = p_train(state, train_lib.shard_batch(b, mesh), key)
+            key = mesh_lib.replicate(jax.random.key(1), mesh)
+            state, m = p_train(state, mesh_lib.shard_batch(b, mesh), key)
             losses.append(float(m["loss"]) / float(m["count"]))
         mixed.append(np.asarray(losses))
     worst = np.max(np.abs(mixed[1] - mixed[0]) / mixed[0])
@@ -305,7 +318,7 @@ def test_eight_devices_reproduce_one_device():
 
 def _tiny_state(ema=False, dtype=jnp.float32):
     model = resnet_jax.create_model("resnet20", stage_sizes=(1, 1), num_classes=4, dtype=dtype)
-    return train_lib.create_train_state(model, optax.sgd(0.1), (8, 8, 3), jax.random.key(0), ema=ema)
+    return steps.create_train_state(model, optax.sgd(0.1), (8, 8, 3), jax.random.key(0), ema=ema)
 
 
 def _tiny_batch():
@@ -319,7 +332,7 @@ def _tiny_batch():
 def test_ema_follows_the_params_and_is_what_eval_uses():
     state = _tiny_state(ema=True)
     before, state_stats = state.params, state.batch_stats
-    new, _ = jax.jit(functools.partial(train_lib.train_step, ema=0.9))(
+    new, _ = jax.jit(functools.partial(steps.train_step, ema=steps.Ema(enabled=True, decay=0.9)))(
         state, _tiny_batch(), jax.random.key(1)
     )
     jax.tree.map(
@@ -339,27 +352,25 @@ def test_ema_follows_the_params_and_is_what_eval_uses():
     )
     # Eval uses the EMA weights: swapping them in changes the logits' loss.
     batch = {**_tiny_batch(), "mask": jnp.ones(4)}
-    with_ema = train_lib.eval_step(new, batch)["loss"]
-    without = train_lib.eval_step(new.replace(ema_params=None, ema_batch_stats=None), batch)["loss"]
+    with_ema = steps.eval_step(new, batch)["loss"]
+    without = steps.eval_step(new.replace(ema_params=None, ema_batch_stats=None), batch)["loss"]
     assert float(with_ema) != float(without)
     assert _tiny_state().ema_params is None
 
 
 def test_bfloat16_computes_in_bf16_and_keeps_float32_state():
     state = _tiny_state(dtype=jnp.bfloat16)
-    new, metrics = jax.jit(train_lib.train_step)(state, _tiny_batch(), jax.random.key(1))
+    new, metrics = jax.jit(steps.train_step)(state, _tiny_batch(), jax.random.key(1))
     dtypes = {x.dtype for x in jax.tree.leaves((new.params, new.batch_stats, new.opt_state))}
     assert dtypes == {jnp.dtype(jnp.float32)}
     assert np.isfinite(float(metrics["loss"]))
     # The convolutions really run in bf16.
-    hlo = jax.jit(train_lib.train_step).lower(state, _tiny_batch(), jax.random.key(1)).as_text()
+    hlo = jax.jit(steps.train_step).lower(state, _tiny_batch(), jax.random.key(1)).as_text()
     assert "bf16" in hlo
 
 
 def test_load_variables_reads_a_workdir_and_names_bad_steps(tmp_path):
     import orbax.checkpoint as ocp
-
-    from train import checkpointing
 
     manager = ocp.CheckpointManager(str(tmp_path / "run" / "checkpoints"))
     for step in (3, 7):
@@ -371,13 +382,13 @@ def test_load_variables_reads_a_workdir_and_names_bad_steps(tmp_path):
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
     manager.wait_until_finished()
     manager.close()
-    variables, step = checkpointing.load_variables(str(tmp_path / "run"))
+    variables, step = workdirs.load_variables(str(tmp_path / "run"))
     assert step == 7 and variables["params"]["w"].tolist() == [7, 7]
     assert variables["batch_stats"]["m"].tolist() == [1, 1]
-    variables, step = checkpointing.load_variables(str(tmp_path / "run" / "checkpoints"), step=3, ema=True)
+    variables, step = workdirs.load_variables(str(tmp_path / "run" / "checkpoints"), step=3, ema=True)
     assert step == 3 and variables["params"]["w"].tolist() == [-3, -3]
     with pytest.raises(ValueError, match=r"step=5 is not saved .*saved: \[3, 7\]"):
-        checkpointing.load_variables(str(tmp_path / "run"), step=5)
+        workdirs.load_variables(str(tmp_path / "run"), step=5)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no checkpoint in"):
-        checkpointing.load_variables(str(tmp_path / "empty"))
+        workdirs.load_variables(str(tmp_path / "empty"))

@@ -49,7 +49,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
 from resnet_jax import workdirs
-from resnet_jax.workdirs import load_variables  # noqa: F401  (re-exported: init_from, notebooks)
 
 BEST_METRIC = "top1"
 # Config fields that change the shapes in the state, or what the saved input position
@@ -105,6 +104,44 @@ class _DropSaveErrors(logging.Filter):
         return self.directory not in record.getMessage() + (str(error) if error else "")
 
 
+_UNREADABLE_PATHS: set[str] = set()
+
+
+def _mentions_unreadable(text: str) -> bool:
+    return text == "Event loop is closed" or any(p in text for p in _UNREADABLE_PATHS)
+
+
+class _DropFailedReads(logging.Filter):
+    """asyncio's "Task exception was never retrieved" records of those reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not _mentions_unreadable(record.getMessage() + (str(error) if error else ""))
+
+
+def quiet_failed_reads(step_dir: str) -> None:
+    """After a failed read, Orbax's remaining read coroutines of ``step_dir`` end with their
+    errors: unraisable tracebacks when they are collected, asyncio's "never retrieved"
+    log records, and TensorStore's callbacks finding Orbax's event loop closed. Thousands
+    of lines that add nothing to the one-line reason already given: drop exactly those.
+    Any other unraisable error or asyncio record still prints. A failed save's writes end
+    the same way, before the save's error reaches the caller, so the ``Checkpointer``
+    passes its whole directory when it starts. The trainer's process installs this; the
+    library (``resnet_jax.workdirs``) installs no process-wide hook."""
+    _UNREADABLE_PATHS.add(step_dir.rstrip(os.sep) + os.sep)
+    previous = sys.unraisablehook
+    if getattr(previous, "resnet_jax", False):
+        return
+
+    def hook(unraisable):
+        if not _mentions_unreadable(str(unraisable.exc_value)):
+            previous(unraisable)
+
+    hook.resnet_jax = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_DropFailedReads())
+
+
 def _best_metric(metrics: dict[str, float]) -> float:
     return metrics[BEST_METRIC]
 
@@ -129,12 +166,11 @@ class Checkpointer:
     step, and a resume on other data is refused.
     """
 
-    def __init__(self, directory: str, keep: int, config: Any):
-        if keep < 1:
-            raise ValueError(f"keep_checkpoints={keep} must be >= 1")
+    def __init__(self, directory: str, keep: int, config: dict[str, Any]):
         self.directory = os.path.abspath(directory)
-        self.config = json.loads(config.to_json_best_effort())
+        self.config = config  # the run's config as JSON (train.settings.saved_config)
         self.data: dict[str, Any] = {}
+        self.preprocessing: dict[str, Any] = {}  # the evaluation Preprocessing, as a dict
         policy = AnyPreservationPolicy(
             [LatestN(n=keep), BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False)]
         )
@@ -150,7 +186,7 @@ class Checkpointer:
         self._quiet = _DropSaveErrors(self.directory)
         logging.getLogger("absl").addFilter(self._quiet)
         # And the tracebacks a failed save's writes leave: the SaveError names their cause.
-        workdirs.quiet_failed_reads(self.directory)
+        quiet_failed_reads(self.directory)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -180,10 +216,14 @@ class Checkpointer:
             self.manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(serialization.to_state_dict(state)),
-                    config=ocp.args.JsonSave(self.config),
-                    run=ocp.args.JsonSave({"data": self.data, "progress": progress or {}}),
-                    data=grain.checkpoint.CheckpointSave(data_iterator),
+                    **{
+                        workdirs.STATE: ocp.args.StandardSave(serialization.to_state_dict(state)),
+                        workdirs.CONFIG: ocp.args.JsonSave(self.config),
+                        workdirs.RUN: ocp.args.JsonSave(
+                            {"data": self.data, "preprocessing": self.preprocessing, "progress": progress or {}}
+                        ),
+                        workdirs.DATA: grain.checkpoint.CheckpointSave(data_iterator),
+                    }
                 ),
                 metrics=metrics,
             )
@@ -213,23 +253,17 @@ class Checkpointer:
         return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
 
     def _read_json(self, step: int, item: str, required: bool = True) -> dict[str, Any] | None:
-        """A JSON item of ``step``, read here so that a broken one is named by its file."""
-        path = os.path.join(self.directory, str(step), item, "metadata")
-        if not os.path.exists(path):
-            if required:
-                raise UnreadableCheckpointError(f"{path} is missing")
-            return None
+        """A JSON item of ``step`` (``resnet_jax.workdirs.read_json``, through Orbax)."""
         try:
-            with open(path) as f:
-                value = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UnreadableCheckpointError(f"{path} is not readable JSON ({e})") from None
-        if not isinstance(value, dict):
-            raise UnreadableCheckpointError(f"{path} holds a {type(value).__name__}, not a JSON object")
+            value = workdirs.read_json(self.manager, step, item)
+        except workdirs.UnreadableItemError as e:
+            raise UnreadableCheckpointError(str(e)) from None
+        if value is None and required:
+            raise UnreadableCheckpointError(f"step {step} in {self.directory} has no {item!r} item")
         return value
 
     def saved_config(self, step: int) -> dict[str, Any]:
-        return self._read_json(step, "config")
+        return self._read_json(step, workdirs.CONFIG)
 
     def restore(
         self, state: Any, mesh: Mesh, data_iterator: grain.DatasetIterator
@@ -260,13 +294,11 @@ class Checkpointer:
                 ema_stats = getattr(state, "ema_batch_stats", None) is not None
                 legacy = ema_stats and "ema_every_steps" not in self.saved_config(step)
                 item = {k: v for k, v in target.items() if not (legacy and k == "ema_batch_stats")}
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(item),
-                        data=grain.checkpoint.CheckpointRestore(data_iterator),
-                    ),
-                )["state"]
+                args = {
+                    workdirs.STATE: ocp.args.StandardRestore(item),
+                    workdirs.DATA: grain.checkpoint.CheckpointRestore(data_iterator),
+                }
+                restored = self.manager.restore(step, args=ocp.args.Composite(**args))[workdirs.STATE]
                 if legacy:
                     restored["ema_batch_stats"] = jax.tree.map(jnp.copy, restored["batch_stats"])
             except IncompatibleCheckpointError:
@@ -274,11 +306,11 @@ class Checkpointer:
             except UnreadableCheckpointError as e:
                 problem = str(e)
             except Exception as e:  # whatever Orbax, TensorStore or grain raise
-                workdirs.quiet_failed_reads(os.path.join(self.directory, str(step)))
+                quiet_failed_reads(os.path.join(self.directory, str(step)))
                 problem = workdirs.innermost_message(e)
             if _everywhere(problem is None):
                 self._move_aside(unreadable, step)
-                run = self._read_json(step, "run", required=False) or {}
+                run = self._read_json(step, workdirs.RUN, required=False) or {}
                 return serialization.from_state_dict(state, restored), step, run.get("progress") or {}
             unreadable.append((step, problem or "unreadable in another process"))
         if unreadable:
@@ -327,7 +359,7 @@ class Checkpointer:
             for k in _STRUCTURAL
             if k in saved and saved.get(k) != self.config.get(k)
         }
-        saved_data = (self._read_json(step, "run", required=False) or {}).get("data") or {}
+        saved_data = (self._read_json(step, workdirs.RUN, required=False) or {}).get("data") or {}
         for k, v in saved_data.items():
             if k not in diffs and k != "data_dir" and k in self.data and self.data[k] != v:
                 diffs[k] = f"{k}: saved {_describe(v)}, now {_describe(self.data[k])}"

@@ -1,8 +1,10 @@
 """Fine-tuning: what comes in from a source of weights.
 
-``init_from`` is a registered weights tag of the model (``torchvision_v1``), a directory
-written by ``python -m resnet_jax.convert``, or a training workdir (its newest
-checkpoint). ``restore`` takes every matching array from it; a head of another size (or
+``init_from`` is any ``--weights`` string of the library (``resnet_jax.sources``): a
+registered weights tag of the model (``torchvision_v1``, or ``resnet50.torchvision_v1``),
+a directory written by ``python -m resnet_jax.convert``, or a training workdir (its
+newest checkpoint, with its EMA weights when the run kept them unless
+``init_from_ema=False``). ``restore`` takes every matching array from it; a head of another size (or
 any head, with ``reinit_head``) is re-initialised; any other shape mismatch is an error
 that names the path and both shapes. It returns a report, which the trainer prints.
 
@@ -18,40 +20,42 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from resnet_jax import sources
 
-def _load_source(path: str, model: str = "") -> tuple[dict[str, Any], str]:
-    """Variables ({'params', 'batch_stats'}) from a registered weights tag of ``model``,
-    a converted directory or a workdir."""
-    from resnet_jax import convert, pretrained, weights
 
-    if model and not os.path.exists(path) and path in [w.tag for w in weights.list_weights(model)]:
-        entry = weights.get_weights(model, path)
-        return pretrained.load_pretrained(entry), f"{model} {path} ({entry.url})"
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.exists(os.path.join(path, "metadata.json")):
-        variables, meta = convert.load(path)
-        return variables, f"{path} ({meta.get('source')} {meta.get('model')}, {meta.get('weights')})"
-    from train import checkpointing
-
-    if not os.path.isdir(path):
-        raise ValueError(f"init_from={path!r} is neither a converted-weights directory nor a workdir")
-    try:
-        variables, step = checkpointing.load_variables(path)
-    except ValueError as e:
-        raise ValueError(f"init_from={path!r}: {e}") from None
-    return variables, f"{path} step {step}"
+def _tag_model(init_from: str, model: str | None) -> str | None:
+    """The model to name to the resolver: the trainer's for a bare tag, else none (a
+    directory names its own, and may differ from the trainer's where only the head does)."""
+    if model and not os.path.exists(os.path.expanduser(init_from)) and sources.tag_entry(init_from, model):
+        return model
+    return None
 
 
 def restore(
-    init_from: str, params: Any, batch_stats: Any, model: str = "", reinit_head: bool = False
+    init_from: str,
+    params: Any,
+    batch_stats: Any,
+    model: str | None = None,
+    reinit_head: bool = False,
+    ema: bool | None = None,
 ) -> tuple[Any, Any, str]:
     """``params``/``batch_stats`` with every matching array taken from ``init_from``.
+
+    ``init_from`` is resolved by the library's one resolver, ``resnet_jax.sources.load``,
+    the same that ``python -m resnet_jax.predict --weights`` uses, so the same string
+    gives the same weights: a workdir gives its EMA weights when the run kept them
+    (``ema=None``; the trainer's ``init_from_ema=True``), or its live ones (``ema=False``).
+    ``model`` names the architecture of a bare tag (``torchvision_v1``).
 
     Returns the new trees and a report listing what was restored, re-initialised
     (missing, a head of another size, or any head with ``reinit_head``) and ignored
     (in the source only).
     """
-    source, where = _load_source(init_from, model)
+    try:
+        loaded = sources.load(init_from, model=_tag_model(init_from, model), ema=ema)
+    except ValueError as e:
+        raise ValueError(f"init_from={init_from!r}: {e}") from None
+    source, where = loaded.variables, loaded.description
     target = traverse_util.flatten_dict({"params": params, "batch_stats": batch_stats or {}})
     src = traverse_util.flatten_dict({k: source.get(k) or {} for k in ("params", "batch_stats")})
     restored, reinit, out = [], [], dict(target)

@@ -26,7 +26,7 @@ from resnet_jax import cli
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 FLAGS = flags.FLAGS
-_HELP = "python -m train.main --helpfull lists the flags"
+_HELP = "python -m train.main --print_config lists every config field, its value and where it came from"
 
 
 def _define_flags() -> None:
@@ -45,6 +45,12 @@ def _define_flags() -> None:
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
     flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+    flags.DEFINE_bool(
+        "print_config",
+        False,
+        "Print the resolved, checked config (every field, its value, and whether it came from the "
+        "defaults, the config file or the command line) and exit without training.",
+    )
 
 
 def _load_config():
@@ -58,18 +64,43 @@ def _load_config():
             f"{', '.join(k for k in known if not k.endswith('__init__.py'))}"
         )
     config = FLAGS.config
-    apply_duration_rule(config, {name.split(".", 1)[1] for name in _present_overrides()})
+    apply_duration_rule(config, _overridden())
     return config, path
 
 
-def _present_overrides() -> list[str]:
-    return [name for name in FLAGS if name.startswith("config.") and FLAGS[name].present]
+def _overridden() -> set[str]:
+    """The config fields the command line set."""
+    return {name.split(".", 1)[1] for name in FLAGS if name.startswith("config.") and FLAGS[name].present}
+
+
+def config_table(config, overridden: set[str]) -> str:
+    """Every field of ``config``: its value, and where the value came from: ``default``
+    (``train/configs/default.py``), ``file`` (the --config file changed it) or ``command
+    line``."""
+    from train.configs import default
+
+    defaults = default.get_config()
+    rows = []
+    for field in sorted(config):
+        value = config[field]
+        if field in overridden:
+            origin = "command line"
+        elif field not in defaults or defaults[field] != value:
+            origin = "file"
+        else:
+            origin = "default"
+        rows.append((field, repr(tuple(value) if isinstance(value, list) else value), origin))
+    width = max(len(r[0]) for r in rows)
+    value_width = min(48, max(len(r[1]) for r in rows))
+    return "\n".join(f"{f:{width}}  {v:{value_width}}  {o}" for f, v, o in rows)
 
 
 def apply_duration_rule(config, overridden: set[str]) -> None:
     """``num_train_steps`` > 0 sets the length of a run, else ``num_epochs``; a length given
-    on the command line always wins: ``--config.num_epochs=2`` clears a config file's
-    ``num_train_steps``. Giving both on the command line is an error."""
+    on the command line always wins, and the line says which it replaced:
+    ``--config.num_epochs=2`` clears a config file's ``num_train_steps``, and
+    ``--config.num_train_steps=N`` replaces its ``num_epochs``. Giving both on the command
+    line is an error."""
     if {"num_epochs", "num_train_steps"} <= overridden:
         if config.num_train_steps > 0 and config.num_epochs > 0:
             raise ValueError(
@@ -83,6 +114,12 @@ def apply_duration_rule(config, overridden: set[str]) -> None:
             flush=True,
         )
         config.num_train_steps = -1
+    elif "num_train_steps" in overridden and config.num_train_steps > 0:
+        print(
+            f"num_train_steps={config.num_train_steps} from the command line replaces the config "
+            f"file's num_epochs={config.num_epochs}",
+            flush=True,
+        )
 
 
 def main(argv):
@@ -96,6 +133,12 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     config, config_path = _load_config()
+    if FLAGS.print_config:
+        from train import settings
+
+        settings.check(config)  # the same single check a run makes: a bad value is one error line
+        print(f"config {config_path}, checked:\n{config_table(config, _overridden())}")
+        return
     if FLAGS.coordinator_address or FLAGS.distributed:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,

@@ -40,7 +40,8 @@ class MetricWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         for k, v in values.items():
-            self.tb.add_scalar(f"{split}/{k}", v, step)
+            if isinstance(v, int | float):  # not the eval's 'weights': 'ema' | 'live'
+                self.tb.add_scalar(f"{split}/{k}", v, step)
         self.tb.flush()
 
     def close(self) -> None:

@@ -124,16 +124,3 @@ def soft_loss(
 
 
 NO_MIXING = MixConfig()
-
-
-def mix_config(config) -> MixConfig:
-    """The trainer config's mixing fields, checked."""
-    for field in ("mixup_alpha", "cutmix_alpha"):
-        if config[field] < 0:
-            raise ValueError(f"config.{field}={config[field]} must be >= 0 (0: off)")
-    for field in ("mix_switch_prob", "mix_prob"):
-        if not 0.0 <= config[field] <= 1.0:
-            raise ValueError(f"config.{field}={config[field]} is a probability: it must be in [0, 1]")
-    if config.loss not in LOSSES:
-        raise ValueError(f"unknown loss {config.loss!r}; valid: {', '.join(LOSSES)}")
-    return MixConfig(config.mixup_alpha, config.cutmix_alpha, config.mix_switch_prob, config.mix_prob)

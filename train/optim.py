@@ -1,7 +1,8 @@
 """The optimizer, in one place: the learning-rate schedule, the base optimizer, the
 weight-decay mask, frozen parameters and per-group learning-rate multipliers.
 
-``create_optimizer(config, schedule, params)`` builds all of it from the config:
+``create_optimizer(optim, schedule, params)`` builds all of it from ``train.settings.Optim``
+(the config's fields, checked once by ``train.settings``):
 
 - the base optimizer (``sgd``, ``nesterov``, ``adam``, ``adamw``, ``lars``, ``lamb``) with
   weight decay masked off BatchNorm parameters (and biases unless ``decay_biases``);
@@ -24,84 +25,53 @@ from typing import Any
 import optax
 from flax import traverse_util
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lars", "lamb")
-SCHEDULES = ("cosine", "piecewise", "constant")
-LR_UNITS = ("step", "epoch")
+from train.settings import Optim
+
 FROZEN = "frozen"
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(choices)}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------
 # The schedule.
 
 
-def peak_learning_rate(config: Any) -> float:
-    """``learning_rate``, or with ``lr_base_batch_size`` > 0 the linear scaling rule of
-    Goyal et al. 2017: ``learning_rate * batch_size / lr_base_batch_size``."""
-    if getattr(config, "lr_base_batch_size", 0) > 0:
-        return config.learning_rate * config.batch_size / config.lr_base_batch_size
-    return config.learning_rate
+def create_learning_rate_fn(optim: Optim, steps_per_epoch: int, total: int) -> optax.Schedule:
+    """Linear warmup, then cosine, piecewise-constant or constant, over ``total`` steps.
 
-
-def create_learning_rate_fn(config: Any, steps_per_epoch: int) -> optax.Schedule:
-    """Linear warmup, then cosine, piecewise-constant or constant.
-
-    Config fields: ``learning_rate`` (the peak, see ``peak_learning_rate``),
-    ``warmup_epochs``, ``warmup_start_factor`` (the warmup starts at this times the peak:
-    0 by default; torchvision's ``--lr-warmup-decay`` 0.01), ``lr_schedule``, ``lr_min``
-    (the cosine's floor: timm's ``--min-lr``), ``warmup_prefix`` (True: the cosine starts
-    after the warmup, as torchvision's; False: timm's default, one cosine over the whole
-    run whose first epochs the warmup replaces), ``num_epochs`` (or ``num_train_steps``
-    when > 0), ``lr_boundaries`` (steps, for ``piecewise``; or ``lr_boundary_epochs``
-    when that is empty), ``lr_decay_factor`` (the factor at each boundary), and
-    ``lr_unit``: ``step`` changes the lr every step; ``epoch`` holds each epoch at the
-    value of its first step, as torchvision's and timm's scripts step their schedulers.
+    ``Optim`` fields: ``learning_rate`` (the peak), ``warmup_epochs``,
+    ``warmup_start_factor`` (the warmup starts at this times the peak: 0 by default;
+    torchvision's ``--lr-warmup-decay`` 0.01), ``lr_schedule``, ``lr_min`` (the cosine's
+    floor: timm's ``--min-lr``), ``warmup_prefix`` (True: the cosine starts after the
+    warmup, as torchvision's; False: timm's default, one cosine over the whole run whose
+    first epochs the warmup replaces), ``lr_boundaries`` (steps, for ``piecewise``; or
+    ``lr_boundary_epochs`` when that is empty), ``lr_decay_factor`` (the factor at each
+    boundary), and ``lr_unit``: ``step`` changes the lr every step; ``epoch`` holds each
+    epoch at the value of its first step, as torchvision's and timm's scripts step their
+    schedulers.
     """
-    schedule = _choice("lr_schedule", config.lr_schedule, SCHEDULES)
-    unit = _choice("lr_unit", getattr(config, "lr_unit", "step"), LR_UNITS)
-    total = total_steps(config, steps_per_epoch)
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-    base = peak_learning_rate(config)
-    boundaries = tuple(config.lr_boundaries) or tuple(
-        int(e * steps_per_epoch) for e in getattr(config, "lr_boundary_epochs", ())
-    )
-    floor = getattr(config, "lr_min", 0.0) / base if base else 0.0  # as a fraction of the peak
-    if schedule == "cosine" and not getattr(config, "warmup_prefix", True):
+    warmup = int(optim.warmup_epochs * steps_per_epoch)
+    base = optim.learning_rate
+    boundaries = optim.lr_boundaries or tuple(int(e * steps_per_epoch) for e in optim.lr_boundary_epochs)
+    floor = optim.lr_min / base if base else 0.0  # as a fraction of the peak
+    if optim.lr_schedule == "cosine" and not optim.warmup_prefix:
         # timm's default: one cosine over the whole run, its first `warmup` steps replaced.
         whole = optax.cosine_decay_schedule(base, decay_steps=max(total, 1), alpha=floor)
         main = lambda step: whole(step + warmup)  # noqa: E731
-    elif schedule == "cosine":
+    elif optim.lr_schedule == "cosine":
         main = optax.cosine_decay_schedule(base, decay_steps=max(total - warmup, 1), alpha=floor)
-    elif schedule == "piecewise":
+    elif optim.lr_schedule == "piecewise":
         # Boundaries count from step 0 of training, as in He et al. (32k and 48k iterations).
         main = optax.piecewise_constant_schedule(
-            base, {int(b) - warmup: config.lr_decay_factor for b in boundaries}
+            base, {int(b) - warmup: optim.lr_decay_factor for b in boundaries}
         )
     else:
         main = optax.constant_schedule(base)
     if warmup > 0:
-        start = getattr(config, "warmup_start_factor", 0.0) * base
+        start = optim.warmup_start_factor * base
         main = optax.join_schedules([optax.linear_schedule(start, base, warmup), main], [warmup])
-    if unit == "epoch":
+    if optim.lr_unit == "epoch":
         per_step = main
         main = lambda step: per_step((step // steps_per_epoch) * steps_per_epoch)  # noqa: E731
     return main
-
-
-def total_steps(config: Any, steps_per_epoch: int) -> int:
-    """``num_train_steps`` when > 0, else ``num_epochs`` epochs (rounded down to whole steps).
-
-    On the command line, ``--config.num_epochs`` clears a config file's ``num_train_steps``
-    (``train.main.apply_duration_rule``), so the length asked for is the length trained.
-    """
-    if config.num_train_steps > 0:
-        return int(config.num_train_steps)
-    return int(config.num_epochs * steps_per_epoch)
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,14 +147,14 @@ def frozen_parts(params: Any, spec: str) -> tuple[str, ...]:
     )
 
 
-def lr_multipliers(config: Any, num_stages: int) -> dict[str, float]:
+def lr_multipliers(optim: Optim, num_stages: int) -> dict[str, float]:
     """``{part: multiplier}``: the head's and the backbone's, times ``layer_decay`` per
     part below the head."""
     order = ["stem", *(f"stage{i}" for i in range(1, num_stages + 1)), "head"]
-    decay = getattr(config, "layer_decay", 1.0)
+    decay = optim.layer_decay
     out = {}
     for depth, part in enumerate(order):
-        m = getattr(config, "head_lr_multiplier" if part == "head" else "backbone_lr_multiplier", 1.0)
+        m = optim.head_lr_multiplier if part == "head" else optim.backbone_lr_multiplier
         out[part] = m * decay ** (len(order) - 1 - depth) if decay < 1.0 else m
     return out
 
@@ -205,11 +175,11 @@ def _lamb(lr: Any, weight_decay: float, mask: Any) -> optax.GradientTransformati
     )
 
 
-def base_optimizer(config: Any, lr: Any, mask: Any) -> optax.GradientTransformation:
-    """The optimizer named by ``config.optimizer`` at learning rate ``lr`` (a schedule),
-    decaying the parameters where ``mask`` is True by ``config.weight_decay``."""
-    name = _choice("optimizer", config.optimizer, OPTIMIZERS)
-    wd, momentum = config.weight_decay, config.momentum
+def base_optimizer(optim: Optim, lr: Any, mask: Any) -> optax.GradientTransformation:
+    """The optimizer named by ``optim.optimizer`` at learning rate ``lr`` (a schedule),
+    decaying the parameters where ``mask`` is True by ``optim.weight_decay``."""
+    name = optim.optimizer
+    wd, momentum = optim.weight_decay, optim.momentum
     if name in ("sgd", "nesterov"):
         # Decay added to the gradient before momentum: PyTorch's SGD(weight_decay=...).
         return optax.chain(
@@ -228,39 +198,38 @@ def base_optimizer(config: Any, lr: Any, mask: Any) -> optax.GradientTransformat
 
 
 def create_optimizer(
-    config: Any, learning_rate_fn: optax.Schedule, params: Any = None
+    optim: Optim, learning_rate_fn: optax.Schedule, params: Any = None
 ) -> optax.GradientTransformation:
     """The whole optimizer for ``params`` (or their shapes): see the module docstring.
 
     Without ``params`` there are no groups: nothing frozen, every multiplier 1.
     """
-    k = config.grad_accum_steps
+    k = optim.grad_accum_steps
     lr = learning_rate_fn
     if k > 1:
         # The schedule is written in train steps (micro-batches); the inner optimizer
         # counts updates, one per k micro-batches.
         lr = lambda count: learning_rate_fn(count * k)  # noqa: E731
-    biases = getattr(config, "decay_biases", False)
-    mask = lambda p: decay_mask(p, biases)  # noqa: E731
-    spec = getattr(config, "freeze", "")
+    mask = lambda p: decay_mask(p, optim.decay_biases)  # noqa: E731
+    spec = optim.freeze
     if params is None:
-        if spec.strip():
-            raise ValueError(f"freeze={spec!r} needs the parameters: create_optimizer(config, lr, params)")
+        if spec:
+            raise ValueError(f"freeze={spec!r} needs the parameters: create_optimizer(optim, lr, params)")
         frozen, multipliers, n = {}, {}, 0
     else:
         frozen, n = frozen_mask(params, spec), _num_stages(params)
-        multipliers = lr_multipliers(config, n)
+        multipliers = lr_multipliers(optim, n)
     if not any(frozen.values()) and all(math.isclose(m, 1.0) for m in multipliers.values()):
-        tx = base_optimizer(config, lr, mask)
+        tx = base_optimizer(optim, lr, mask)
     else:
         labels = {path: FROZEN if f else part_of(path, n) for path, f in frozen.items()}
         transforms = {FROZEN: optax.set_to_zero()}
         for part in set(labels.values()) - {FROZEN}:
             m = multipliers[part]
-            transforms[part] = base_optimizer(config, lambda step, m=m: m * lr(step), mask)
+            transforms[part] = base_optimizer(optim, lambda step, m=m: m * lr(step), mask)
         tx = optax.multi_transform(transforms, traverse_util.unflatten_dict(labels))
-    if config.grad_clip_norm > 0:
-        tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+    if optim.grad_clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
     if k > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=k)
     return tx

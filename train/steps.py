@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -24,6 +24,7 @@ import resnet_jax
 from resnet_jax import preprocessing
 from train import mixing
 from train.mesh import DATA_AXIS
+from train.settings import EmaRule, Step
 
 Batch = Mapping[str, jax.Array]
 
@@ -55,24 +56,23 @@ class Ema:
     copy_until: int = -1
 
 
-def ema_config(config: Any, steps_per_epoch: int, total: int) -> Ema:
-    """The EMA of ``config``: ``ema_decay`` per update every ``ema_every_steps`` steps.
+def ema_schedule(rule: EmaRule, steps_per_epoch: int, total: int, batch_size: int, warmup_epochs: float) -> Ema:
+    """The compiled step's ``Ema`` for ``rule`` (``train.settings.EmaRule``): its decay per
+    update, every ``rule.every`` steps of an epoch, in a run of ``total`` steps.
 
-    With ``ema_adjust`` the decay is torchvision's (``references/classification/train.py``):
-    ``alpha = min(1, (1 - ema_decay) * batch_size * ema_every_steps / epochs)``, decay
-    ``1 - alpha``, so that one decay serves any batch, interval and length.
-    ``ema_copy_during_warmup``: the EMA copies the weights until the warmup ends.
+    With ``rule.adjust`` the decay is torchvision's (``references/classification/train.py``):
+    ``alpha = min(1, (1 - decay) * batch_size * every / epochs)``, decay ``1 - alpha``, so
+    that one decay serves any batch, interval and length. ``rule.copy_during_warmup``: the
+    EMA copies the weights until the warmup (``warmup_epochs``) ends.
     """
-    decay, every = float(config.ema_decay), int(getattr(config, "ema_every_steps", 1))
-    if decay <= 0:
+    if not rule.enabled:
         return Ema()  # off
-    if getattr(config, "ema_adjust", False):
+    decay = rule.decay
+    if rule.adjust:
         epochs = total / steps_per_epoch
-        decay = 1.0 - min(1.0, (1.0 - decay) * config.batch_size * every / epochs)
-    copy_until = -1
-    if getattr(config, "ema_copy_during_warmup", False):
-        copy_until = int(config.warmup_epochs * steps_per_epoch)
-    return Ema(True, decay, every, steps_per_epoch, copy_until)
+        decay = 1.0 - min(1.0, (1.0 - decay) * batch_size * rule.every / epochs)
+    copy_until = int(warmup_epochs * steps_per_epoch) if rule.copy_during_warmup else -1
+    return Ema(True, decay, rule.every, steps_per_epoch, copy_until)
 
 
 def create_train_state(
@@ -129,35 +129,24 @@ def compute_metrics(
     }
 
 
-# The library's, so that serving (resnet_jax.predict) normalises exactly as the steps do.
-normalize_images = preprocessing.normalize
-
-
 def train_step(
-    state: TrainState,
-    batch: Batch,
-    rng: jax.Array,
-    label_smoothing: float = 0.0,
-    ema: Ema | float = 0.0,
-    mean: Sequence[float] = (0.0,),
-    std: Sequence[float] = (1.0,),
-    mix: mixing.MixConfig = mixing.NO_MIXING,
-    loss: str = "softmax",
-    bce_threshold: float = 0.0,
+    state: TrainState, batch: Batch, rng: jax.Array, step: Step = Step(), ema: Ema = Ema()
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on ``batch`` (``image`` (B, H, W, C), ``label`` (B,)); uint8
-    images are normalised with ``mean`` and ``std`` first (``normalize_images``), then
-    mixed on the device when ``mix`` is enabled (``train.mixing``). The loss is softmax
-    cross-entropy or, with ``loss='bce'``, binary cross-entropy (``mixing.soft_loss``).
+    images are normalised with ``step.mean`` and ``step.std`` first (the library's
+    ``preprocessing.normalize``, which serving uses too), then mixed on the device when
+    ``step.mix`` is enabled (``train.mixing``). The loss is softmax cross-entropy or,
+    with ``step.loss='bce'``, binary cross-entropy (``mixing.soft_loss``), against labels
+    smoothed by ``step.label_smoothing``.
 
-    ``ema`` (an ``Ema``, or a decay for an update every step) moves ``ema_params`` and
-    ``ema_batch_stats`` towards the new values (``update_ema``). Returns the new state
-    and the batch's metric sums (see ``compute_metrics``).
+    ``ema`` moves ``ema_params`` and ``ema_batch_stats`` towards the new values
+    (``update_ema``). Returns the new state and the batch's metric sums (see
+    ``compute_metrics``).
     """
     dropout_rng = jax.random.fold_in(rng, state.step)
-    images = normalize_images(batch["image"], mean, std)
-    images, lam = mixing.mix(jax.random.fold_in(dropout_rng, 1), images, mix)
-    soft = mix.enabled or loss != "softmax"
+    images = preprocessing.normalize(batch["image"], step.mean, step.std)
+    images, lam = mixing.mix(jax.random.fold_in(dropout_rng, 1), images, step.mix)
+    soft = step.mix.enabled or step.loss != "softmax"
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
@@ -168,15 +157,15 @@ def train_step(
             rngs={"dropout": dropout_rng},
         )
         if soft:
-            targets = mixing.soft_targets(batch["label"], logits.shape[-1], label_smoothing)
-            per_example = mixing.soft_loss(logits, mixing.mix_targets(targets, lam), loss, bce_threshold)
+            targets = mixing.soft_targets(batch["label"], logits.shape[-1], step.label_smoothing)
+            targets = mixing.mix_targets(targets, lam)
+            per_example = mixing.soft_loss(logits, targets, step.loss, step.bce_threshold)
         else:
-            per_example = cross_entropy_loss(logits, batch["label"], label_smoothing)
+            per_example = cross_entropy_loss(logits, batch["label"], step.label_smoothing)
         return jnp.mean(per_example), (logits, updates["batch_stats"], per_example)
 
     (_, (logits, batch_stats, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    ema = ema if isinstance(ema, Ema) else Ema(enabled=ema > 0, decay=ema)
     if ema.enabled:
         new_state = update_ema(new_state, state.step, ema)
     metrics = compute_metrics(logits, batch["label"])
@@ -207,62 +196,46 @@ def _first_update_from(start: int, ema: Ema) -> int:
     return step
 
 
-def eval_step(
-    state: TrainState, batch: Batch, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)
-) -> dict[str, jax.Array]:
+def eval_step(state: TrainState, batch: Batch, step: Step = Step(), ema: bool = True) -> dict[str, jax.Array]:
     """Metric sums over a batch; ``batch['mask']`` (B,) marks padding with 0. uint8 images
     are normalised as in ``train_step``.
 
-    Evaluates the EMA weights and statistics when the state keeps them.
+    Scores the EMA weights and statistics when the state keeps them and ``ema`` is True,
+    else the live ones.
     """
-    if state.ema_params is None:
+    if state.ema_params is None or not ema:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
     else:
         variables = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
-    logits = state.apply_fn(variables, normalize_images(batch["image"], mean, std), train=False)
+    images = preprocessing.normalize(batch["image"], step.mean, step.std)
+    logits = state.apply_fn(variables, images, train=False)
     return compute_metrics(logits, batch["label"], batch.get("mask"))
 
 
 def make_steps(
-    mesh: Mesh,
-    label_smoothing: float = 0.0,
-    ema: Ema | float = 0.0,
-    ynnpack: bool = True,
-    mean: Sequence[float] = (0.0,),
-    std: Sequence[float] = (1.0,),
-    mix: mixing.MixConfig = mixing.NO_MIXING,
-    loss: str = "softmax",
-    bce_threshold: float = 0.0,
+    mesh: Mesh, step: Step = Step(), ema: Ema = Ema()
 ) -> tuple[Callable[..., tuple[TrainState, dict[str, jax.Array]]], Callable[..., dict[str, jax.Array]]]:
     """The jitted train and eval steps for ``mesh``: replicated, donated state; sharded data;
-    uint8 images normalised on the devices with ``mean`` and ``std``.
+    uint8 images normalised on the devices with ``step.mean`` and ``step.std``.
 
     On CPUs they are compiled with ``resnet_jax.xla.compiler_options()`` (XLA's YNNPACK
-    kernels) unless ``ynnpack`` is False.
+    kernels) unless ``step.ynnpack`` is False.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
     data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    options = resnet_jax.xla.compiler_options(mesh.devices.flat[0].platform, ynnpack)
-    p_train = jax.jit(
-        functools.partial(
-            train_step,
-            label_smoothing=label_smoothing,
-            ema=ema,
-            mean=tuple(mean),
-            std=tuple(std),
-            mix=mix,
-            loss=loss,
-            bce_threshold=bce_threshold,
-        ),
+    options = resnet_jax.xla.compiler_options(mesh.devices.flat[0].platform, step.ynnpack)
+    train_fn = jax.jit(
+        functools.partial(train_step, step=step, ema=ema),
         in_shardings=(replicated, data, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),
         compiler_options=options,
     )
-    p_eval = jax.jit(
-        functools.partial(eval_step, mean=tuple(mean), std=tuple(std)),
+    eval_fn = jax.jit(
+        functools.partial(eval_step, step=step),
         in_shardings=(replicated, data),
         out_shardings=replicated,
         compiler_options=options,
+        static_argnames=("ema",),
     )
-    return p_train, p_eval
+    return train_fn, eval_fn

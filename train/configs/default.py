@@ -80,7 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.lr_decay_factor = 0.1
     config.num_epochs = 15.0
     # > 0 wins over num_epochs; on the command line, --config.num_epochs clears it (train.main).
-    config.num_train_steps = -1
+    config.num_train_steps = -1  # -1: unset; 0 is refused
     config.label_smoothing = 0.0
     # On the device, in the train step (train/mixing.py): one of mixup and cutmix per batch.
     config.mixup_alpha = 0.0  # > 0: mixup, lambda ~ Beta(alpha, alpha)
@@ -98,7 +98,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.ema_copy_during_warmup = False  # True: the EMA copies the weights until the warmup ends
 
     # Fine-tuning: init_from in train/finetune.py; freezing and lr groups in train/optim.py.
-    config.init_from = ""  # a `python -m resnet_jax.convert` output dir, or a workdir
+    # Any --weights string of resnet_jax.predict: a weights tag, a `python -m resnet_jax.convert`
+    # output dir, or a workdir (its newest step), resolved by the same function.
+    config.init_from = ""
+    config.init_from_ema = True  # a workdir that kept an EMA gives its EMA weights; False: its live ones
     config.reinit_head = False  # True: a fresh head even when the class count matches
     config.freeze = ""  # 'backbone', part names ('stem,stage1'), or a regex over param paths
     config.freeze_batch_stats = False  # frozen parts (all, when freeze='') run BN on running averages

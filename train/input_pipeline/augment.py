@@ -6,7 +6,7 @@ files, measured for ``bench.input_pipeline``); antialiased resizes are PIL's bil
 bicubic filters, the ones torchvision's transforms apply to PIL images; the plain (not
 antialiased) resize of ``config.train_antialias=False`` is OpenCV's, as cheap as a resize
 gets. The policies that follow the crop (TrivialAugment, RandAugment, AutoAugment) and
-random erasing are in ``policies``.
+random erasing are in ``policies`` and ``erasing``; ``train.settings`` builds them from the config.
 
 Random functions take a ``np.random.Generator``. In the pipeline that is grain's
 per-record generator, seeded by (seed, the record's position in the global stream), so an
@@ -15,8 +15,8 @@ image is augmented the same way whichever process or worker handles it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
 
 import cv2
 import numpy as np
@@ -24,14 +24,13 @@ import numpy as np
 # Decoding, resizing and the evaluation crop are the library's (resnet_jax.preprocessing),
 # so that serving a trained model (resnet_jax.predict) prepares images exactly as its
 # evaluation here did.
-from resnet_jax.preprocessing import (  # noqa: F401  (re-exported: the pipeline's API)
+from resnet_jax.preprocessing import (
     CENTER_CROP_FRACTION,
     INTERPOLATIONS,
-    decode_image,
+    Preprocessing,
     resize,
     resize_and_center_crop,
 )
-from train.input_pipeline import erasing, policies
 
 AUGMENTATIONS = ("none", "cifar", "imagenet")
 # RandomResizedCrop's ranges (Szegedy et al. 2015; torchvision's defaults).
@@ -109,23 +108,9 @@ def inception_crop(
     return resize(image, (size, size), antialias, box=box, interpolation=interpolation)
 
 
-def preprocess(
-    image: np.ndarray,
-    *,
-    train: bool,
-    augment: str,
-    image_size: int,
-    padding: int,
-    rng: np.random.Generator | None = None,
-    train_antialias: bool = True,
-    interpolation: str = "bilinear",
-    train_image_size: int = 0,
-    eval_resize_size: int = 0,
-) -> np.ndarray:
-    """One decoded uint8 image -> the cropped (and, for training, flipped) uint8 model
-    input, not yet normalised: the train and eval steps normalise on the device
-    (``train_lib.normalize_images`` with ``config.mean`` and ``config.std``), so batches
-    cross to it at a quarter of float32's size, and the host does less work per image.
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """How one image becomes a model input of the trainer, before the policy and erasing.
 
     - ``imagenet``: train, inception crop to ``train_image_size`` (0: ``image_size``) and
       flip; eval, resize the shorter side to ``eval_resize_size`` (0: ``image_size`` /
@@ -133,89 +118,63 @@ def preprocess(
     - ``cifar``: resize to the size when set; train, ``padding`` pad-and-crop and flip.
     - ``none``: resize to the size when set.
     """
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
-    if train and augment != "none" and rng is None:
-        raise ValueError(f"augment={augment!r} needs a random generator for training")
-    size = (train_image_size or image_size) if train else image_size
-    if augment == "imagenet":
+
+    augment: str = "none"
+    image_size: int = 0
+    padding: int = 4
+    train_antialias: bool = True
+    interpolation: str = "bilinear"
+    train_image_size: int = 0
+    eval_resize_size: int = 0
+
+    def __post_init__(self):
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {self.augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"unknown interpolation {self.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}"
+            )
+
+    def evaluation(
+        self, image_shape: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...]
+    ) -> Preprocessing:
+        """The evaluation transform as the library's ``Preprocessing``, for images whose
+        model input is ``image_shape`` (H, W, C): saved with each checkpoint, so that
+        serving the weights (``resnet_jax.predict``) prepares images as this run's
+        evaluation did, normalised with the run's ``mean`` and ``std``."""
+        height, width, channels = image_shape
+        resize_size = 0
+        if self.augment == "imagenet":
+            resize_size = self.eval_resize_size or int(self.image_size / CENTER_CROP_FRACTION)
+        return Preprocessing(
+            size=(height, width),
+            resize_size=resize_size,
+            interpolation=self.interpolation,
+            mean=mean,
+            std=std,
+            channels=channels,
+        )
+
+
+def preprocess(
+    image: np.ndarray, crop: Crop, *, train: bool, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """One decoded uint8 image -> the cropped (and, for training, flipped) uint8 model
+    input (``Crop``), not yet normalised: the train and eval steps normalise on the device
+    (``train.steps``, with the run's mean and std), so batches cross to it at a quarter
+    of float32's size, and the host does less work per image."""
+    if train and crop.augment != "none" and rng is None:
+        raise ValueError(f"augment={crop.augment!r} needs a random generator for training")
+    size = (crop.train_image_size or crop.image_size) if train else crop.image_size
+    if crop.augment == "imagenet":
         if not train:
-            return resize_and_center_crop(image, image_size, eval_resize_size, interpolation)
-        image = inception_crop(image, size, rng, antialias=train_antialias, interpolation=interpolation)
+            return resize_and_center_crop(image, crop.image_size, crop.eval_resize_size, crop.interpolation)
+        image = inception_crop(
+            image, size, rng, antialias=crop.train_antialias, interpolation=crop.interpolation
+        )
         return random_flip(image, rng)
     if size:
-        image = resize(image, (size, size), interpolation=interpolation)
-    if train and augment == "cifar":
-        image = random_flip(pad_and_random_crop(image, padding, rng), rng)
+        image = resize(image, (size, size), interpolation=crop.interpolation)
+    if train and crop.augment == "cifar":
+        image = random_flip(pad_and_random_crop(image, crop.padding, rng), rng)
     return image
-
-
-def create_policy(config: Any) -> policies.Policy | None:
-    """``config.auto_augment``'s policy, or None. TrivialAugment and AutoAugment fill what
-    they uncover with black (torchvision's default); RandAugment with the mean pixel
-    (timm's); all resample with ``config.interpolation``, as torchvision's reference
-    recipes and timm's factory pass it."""
-    if not config.auto_augment:
-        return None
-    fill = (0,)
-    if config.auto_augment == "randaugment":
-        fill = tuple(min(255, round(255 * m)) for m in config.mean)
-    return policies.Policy(
-        config.auto_augment,
-        interpolation=config.interpolation,
-        fill=fill,
-        num_ops=config.randaugment_num_ops,
-        magnitude=config.randaugment_magnitude,
-        magnitude_std=config.randaugment_magnitude_std,
-    )
-
-
-def create_erasing(config: Any) -> erasing.RandomErasing | None:
-    """``config.random_erasing``'s eraser, or None when its probability is 0; its fields
-    are checked either way."""
-    eraser = erasing.RandomErasing(
-        config.random_erasing,
-        scale=tuple(config.random_erasing_scale),
-        ratio=tuple(config.random_erasing_ratio),
-        value=config.random_erasing_value,
-        mean=tuple(config.mean),
-        std=tuple(config.std),
-    )
-    return eraser if eraser.probability > 0 else None
-
-
-def check_augmentation(config: Any) -> None:
-    """The augmentation fields, checked before any data is read; each error names the
-    value and the valid choices."""
-    if config.augment not in AUGMENTATIONS:
-        hint = ""
-        if config.augment in policies.POLICIES:
-            hint = (
-                f" ({config.augment!r} is a policy that follows the crop: set "
-                f"--config.auto_augment={config.augment} with augment 'imagenet' or 'cifar')"
-            )
-        raise ValueError(f"unknown augment {config.augment!r}; valid: {', '.join(AUGMENTATIONS)}{hint}")
-    if config.interpolation not in INTERPOLATIONS:
-        raise ValueError(
-            f"unknown interpolation {config.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}"
-        )
-    if config.auto_augment and config.auto_augment not in policies.POLICIES:
-        raise ValueError(
-            f"unknown auto_augment {config.auto_augment!r}; valid: '' (none), {', '.join(policies.POLICIES)}"
-        )
-    if config.repeated_augmentations < 1:
-        raise ValueError(
-            f"config.repeated_augmentations={config.repeated_augmentations} must be >= 1 (1: off)"
-        )
-    for field in ("train_image_size", "eval_resize_size"):
-        if config[field] < 0:
-            raise ValueError(f"config.{field}={config[field]} must be >= 0 (0: from image_size)")
-    if config.eval_resize_size and config.eval_resize_size < config.image_size:
-        raise ValueError(
-            f"config.eval_resize_size={config.eval_resize_size} is below image_size={config.image_size}: "
-            "the centre crop would be padded"
-        )
-    create_policy(config)  # their own checks of the values
-    create_erasing(config)

@@ -5,7 +5,7 @@ function of (seed, k) for global batch k:
 
 - epoch ``e`` is the split in the order of grain's index shuffle with seed ``seed + e``,
   cut to whole global batches;
-- with repeated augmentation (``config.repeated_augmentations`` = k > 1, Hoffer et al.
+- with repeated augmentation (``repeated_augmentations`` = k > 1, Hoffer et al.
   2020; torchvision's ``RASampler``), each example of that order is repeated k times in a
   row, so k copies of it, each augmented differently, sit side by side in one global
   batch and go to different processes. An epoch still counts as many examples as the
@@ -40,10 +40,12 @@ import jax
 import numpy as np
 from absl import flags
 
+from resnet_jax.preprocessing import Preprocessing, decode_image
 from train.input_pipeline import augment
 from train.input_pipeline.erasing import RandomErasing
 from train.input_pipeline.policies import Policy
-from train.input_pipeline.sources import Source, create_source
+from train.input_pipeline.datasets import Source, create_source
+from train.settings import Input
 
 
 def exit_with_parent(parent_pid: int, worker_index: int, worker_count: int, poll_s: float = 0.5) -> None:
@@ -77,39 +79,22 @@ def jax_process_index() -> int:
 @dataclasses.dataclass(frozen=True)
 class Transform:
     """One record -> ``{'image': uint8 (H, W, C), 'label': int32}``: decode (encoded
-    sources), ``augment.preprocess`` (crop, flip), then for training the ``policy`` and
+    sources), the ``crop`` (``augment.preprocess``), then for training the ``policy`` and
     random ``erasing``, in the recipes' order. Called as ``(record, rng)`` by grain's
     ``random_map`` for training and as ``(record)`` by ``map`` for evaluation."""
 
     train: bool
     decode: bool
     image_shape: tuple[int, int, int]
-    augment: str
-    image_size: int
-    padding: int
-    train_antialias: bool
-    interpolation: str = "bilinear"
-    train_image_size: int = 0
-    eval_resize_size: int = 0
+    crop: augment.Crop
     policy: Policy | None = None
     erasing: RandomErasing | None = None
 
     def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         image = record["image"]
         if self.decode:
-            image = augment.decode_image(image, self.image_shape[-1])
-        image = augment.preprocess(
-            image,
-            train=self.train,
-            augment=self.augment,
-            image_size=self.image_size,
-            padding=self.padding,
-            rng=rng,
-            train_antialias=self.train_antialias,
-            interpolation=self.interpolation,
-            train_image_size=self.train_image_size,
-            eval_resize_size=self.eval_resize_size,
-        )
+            image = decode_image(image, self.image_shape[-1])
+        image = augment.preprocess(image, self.crop, train=self.train, rng=rng)
         if self.train and self.policy is not None:
             image = self.policy(image, rng)
         if self.train and self.erasing is not None:
@@ -181,7 +166,7 @@ class Data:
     """
 
     source: Source
-    config: Any
+    settings: Input
     train_split: str
     eval_split: str
     num_train: int
@@ -197,13 +182,18 @@ class Data:
 
     @property
     def eval_batch_size(self) -> int:
-        return self.config.eval_batch_size or self.config.batch_size
+        return self.settings.eval_batch_size
+
+    def preprocessing(self) -> Preprocessing:
+        """The evaluation transform of this data as the library's ``Preprocessing``: the
+        crop, the channels and the run's normalisation. Saved with each checkpoint."""
+        return self.settings.crop.evaluation(self.image_shape, self.settings.mean, self.settings.std)
 
     def identity(self) -> dict[str, Any]:
         """What the run trains on, for a resume to compare: another dataset, other classes or
         other train examples (another folder, files added or removed) refuse to resume."""
         base, lo, hi = _slice_spec(self.train_split)
-        data_dir = self.config.data_dir
+        data_dir = self.settings.data_dir
         return {
             "data_dir": os.path.abspath(os.path.expanduser(data_dir)) if data_dir else "",
             "class_names": [str(c) for c in self.source.class_names],
@@ -217,31 +207,25 @@ class Data:
         return grain.MapDataset.source(self.source.splits[base])[lo:hi]
 
     def _transform(self, train: bool) -> Transform:
-        c = self.config
+        c = self.settings
         return Transform(
             train=train,
             decode=self.source.kind == "bytes",
             image_shape=self.train_image_shape if train else self.image_shape,
-            augment=c.augment,
-            image_size=c.image_size,
-            padding=c.crop_padding,
-            train_antialias=c.train_antialias,
-            interpolation=c.interpolation,
-            train_image_size=c.train_image_size,
-            eval_resize_size=c.eval_resize_size,
-            policy=augment.create_policy(c),
-            erasing=augment.create_erasing(c),
+            crop=c.crop,
+            policy=c.policy,
+            erasing=c.erasing,
         )
 
     def _read_options(self) -> grain.ReadOptions:
         # Each element is a whole batch: a few in flight per thread are plenty.
-        threads = self.config.input_threads
+        threads = self.settings.input_threads
         return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
 
     def train_dataset(self) -> grain.MapDataset:
         """This process's local train batches, infinite: element k is its share of global
         batch k."""
-        c = self.config
+        c = self.settings
         epoch = self.steps_per_epoch * c.batch_size  # whole global batches only
         ds = self._split(self.train_split).shuffle(seed=c.seed)[:epoch]
         if c.repeated_augmentations > 1:
@@ -252,16 +236,16 @@ class Data:
 
     def train_iterator(self) -> grain.DatasetIterator:
         """An iterator over ``train_dataset()`` from batch 0, read by ``config.input_threads``
-        threads in each of ``config.input_workers`` worker processes (0: in this process).
+        threads in each of ``input_workers`` worker processes (0: in this process).
         Its ``get_state()`` / ``set_state()`` move it to any batch; Orbax saves that state."""
         ds = self.train_dataset().to_iter_dataset(self._read_options())
-        if self.config.input_workers > 0:
+        if self.settings.input_workers > 0:
             # grain's workers read its absl flags; outside an absl app (tests, notebooks)
             # nothing has parsed them, so take their defaults.
             if not flags.FLAGS.is_parsed():
                 flags.FLAGS.mark_as_parsed()
             options = grain.MultiprocessingOptions(
-                num_workers=self.config.input_workers, per_worker_buffer_size=2
+                num_workers=self.settings.input_workers, per_worker_buffer_size=2
             )
             ds = ds.mp_prefetch(options, worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
         return iter(ds)
@@ -282,52 +266,46 @@ class Data:
             yield _pad(empty, local)
 
 
-def create_data(config: Any) -> Data:
-    """The train and eval splits named by ``config``, batched for this process."""
-    for field in ("input_threads", "batch_size"):
-        if config[field] < 1:
-            raise ValueError(f"config.{field}={config[field]} must be >= 1")
-    if config.input_workers < 0:
-        raise ValueError(f"config.input_workers={config.input_workers} must be >= 0 (0: no worker processes)")
-    augment.check_augmentation(config)
-    if not 0 <= config.seed < 2**32:
-        raise ValueError(f"config.seed={config.seed} must be in [0, 2**32)")
-    source = create_source(config)
-    train_split, eval_split = config.train_split, config.eval_split
+def create_data(settings: Input) -> Data:
+    """The train and eval splits of ``settings`` (``train.settings.data``), batched for
+    this process. The checks that need the data are made here: the split names, the
+    image size of a dataset of varying sizes, the mean and std per channel, and a
+    batch that fits in the train split."""
+    source = create_source(settings)
+    train_split, eval_split = settings.train_split, settings.eval_split
     if not eval_split:
         eval_split = "test" if "test" in source.splits else "validation"
-    if config.validation_examples > 0:
+    if settings.validation_examples > 0:
         # Hold out the last N train examples (He et al.'s 45k/5k CIFAR split).
-        n = _split_size(source, train_split) - config.validation_examples
+        n = _split_size(source, train_split) - settings.validation_examples
         if n <= 0:
-            raise ValueError(f"validation_examples={config.validation_examples} leaves no train examples")
+            raise ValueError(f"validation_examples={settings.validation_examples} leaves no train examples")
         train_split, eval_split = f"{train_split}[:{n}]", f"{train_split}[{n}:]"
     num_train, num_eval = _split_size(source, train_split), _split_size(source, eval_split)
     h, w, channels = source.image_shape
-    size = config.image_size
+    size = settings.crop.image_size
     if not size and (h is None or w is None):
         raise ValueError(
             f"dataset {source.name!r} has images of varying sizes; set --config.image_size (e.g. 224)"
         )
-    if config.augment == "imagenet" and not size:
-        raise ValueError("augment='imagenet' needs --config.image_size (e.g. 224)")
     image_shape = (size, size, channels) if size else (h, w, channels)
-    train_size = config.train_image_size or size
+    train_size = settings.crop.train_image_size or size
     train_image_shape = (train_size, train_size, channels) if train_size else image_shape
     for field in ("mean", "std"):
-        if len(config[field]) not in (1, channels):
+        values = getattr(settings, field)
+        if len(values) not in (1, channels):
             raise ValueError(
-                f"config.{field}={tuple(config[field])} has {len(config[field])} values; "
+                f"config.{field}={values} has {len(values)} values; "
                 f"dataset {source.name!r} has {channels} channel(s)"
             )
-    steps_per_epoch = num_train // config.batch_size
+    steps_per_epoch = num_train // settings.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={config.batch_size} exceeds the {num_train} train examples")
-    local_eval = (config.eval_batch_size or config.batch_size) // jax_process_count()
+        raise ValueError(f"batch_size={settings.batch_size} exceeds the {num_train} train examples")
+    local_eval = settings.eval_batch_size // jax_process_count()
     eval_steps = math.ceil(math.ceil(num_eval / jax_process_count()) / local_eval)
     return Data(
         source=source,
-        config=config,
+        settings=settings,
         train_split=train_split,
         eval_split=eval_split,
         num_train=num_train,

@@ -20,12 +20,14 @@ import difflib
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from resnet_jax.preprocessing import IMAGE_EXTENSIONS
-from train.input_pipeline import augment
+from resnet_jax.preprocessing import IMAGE_EXTENSIONS, decode_image
+
+if TYPE_CHECKING:
+    from train.settings import Input
 
 BUILTIN_DATASETS = ("digits", "image_folder")
 
@@ -146,7 +148,7 @@ def _scan(paths: Sequence[str]) -> tuple[list[str], list[tuple[int, int]]]:
     def shape(path: str) -> tuple[int, int] | None:
         try:
             with open(path, "rb") as f:
-                return augment.decode_image(f.read(), 3).shape[:2]
+                return decode_image(f.read(), 3).shape[:2]
         except (OSError, ValueError):
             return None
 
@@ -323,15 +325,16 @@ def tfds_source(name: str, data_dir: str, manual_dir: str) -> Source:
     )
 
 
-def create_source(config: Any) -> Source:
-    classes = tuple(int(c) for c in config.classes)
-    if config.dataset == "digits":
+def create_source(settings: Input) -> Source:
+    """The dataset ``settings`` names: digits, an image folder or a TFDS dataset."""
+    classes = settings.classes
+    if settings.dataset == "digits":
         return digits_source(classes)
-    if config.dataset == "image_folder":
-        return image_folder_source(config.data_dir, classes)
+    if settings.dataset == "image_folder":
+        return image_folder_source(settings.data_dir, classes)
     if classes:
         raise ValueError(
             f"config.classes={classes} works with 'digits' and 'image_folder'; not yet with TFDS "
-            f"dataset {config.dataset!r}"
+            f"dataset {settings.dataset!r}"
         )
-    return tfds_source(config.dataset, config.data_dir, config.manual_dir)
+    return tfds_source(settings.dataset, settings.data_dir, settings.manual_dir)
