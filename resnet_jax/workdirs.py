@@ -54,10 +54,10 @@ def read_json(manager: ocp.CheckpointManager, step: int, item: str) -> dict[str,
             f"the {item!r} item of step {step} in {manager.directory} is not readable ({e})"
         ) from None
     except Exception as e:  # whatever Orbax raises for a missing or broken file
-        raise UnreadableItemError(
-            f"the {item!r} item of step {step} in {manager.directory} is not readable JSON "
-            f"({innermost_message(e)})"
-        ) from None
+        # Named by its file (Orbax's JsonCheckpointHandler writes ITEM/metadata), with the
+        # decoder's reason rather than the StopIteration Orbax's reader ends on.
+        file = os.path.join(str(manager.directory), str(step), item, "metadata")
+        raise UnreadableItemError(f"{file} is not readable JSON ({_reason(e)})") from None
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -66,6 +66,15 @@ def read_json(manager: ocp.CheckpointManager, step: int, item: str) -> dict[str,
             "not a JSON object"
         )
     return value
+
+
+def _reason(error: BaseException) -> str:
+    """The first message in ``error``'s chain that says something (a JSON decoder's, an OS error's)."""
+    while error is not None:
+        if str(error).strip() and not isinstance(error, StopIteration):
+            return str(error).strip().splitlines()[0]
+        error = error.__cause__ or error.__context__
+    return "unreadable"
 
 
 class Workdir:

@@ -105,17 +105,17 @@ def test_decode_converts_grayscale_rgba_and_cmyk():
 def test_preprocess_shapes_and_errors():
     rng = np.random.default_rng(0)
     image = _image(60, 90)
-    kw = dict(augment="imagenet", image_size=32, padding=0)
-    assert augment.preprocess(image, train=True, rng=rng, **kw).shape == (32, 32, 3)
-    assert augment.preprocess(image, train=False, **kw).shape == (32, 32, 3)
+    # preprocess takes its crop as one augment.Crop (it took its fields one by one before).
+    crop = augment.Crop(augment="imagenet", image_size=32, padding=0)
+    assert augment.preprocess(image, crop, train=True, rng=rng).shape == (32, 32, 3)
+    assert augment.preprocess(image, crop, train=False).shape == (32, 32, 3)
     small = _image(8, 8)
-    cifar = augment.preprocess(small, train=True, augment="cifar", image_size=0, padding=2, rng=rng)
+    cifar_crop = augment.Crop(augment="cifar", image_size=0, padding=2)
+    cifar = augment.preprocess(small, cifar_crop, train=True, rng=rng)
     assert cifar.shape == (8, 8, 3)
-    np.testing.assert_array_equal(
-        augment.preprocess(small, train=False, augment="cifar", image_size=0, padding=2), small
-    )
+    np.testing.assert_array_equal(augment.preprocess(small, cifar_crop, train=False), small)
     with pytest.raises(ValueError, match=r"unknown augment 'autoaugment'; valid: none, cifar, imagenet"):
-        augment.preprocess(small, train=True, augment="autoaugment", image_size=0, padding=0, rng=rng)
+        augment.Crop(augment="autoaugment", image_size=0, padding=0)
 
 
 def _torchvision_transforms():

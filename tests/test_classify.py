@@ -22,9 +22,8 @@ from PIL import Image
 
 import resnet_jax
 import resnet_jax.sources
-from resnet_jax import classes, classifier, convert, export, pil_resize, predict, weights
+from resnet_jax import classes, classifier, convert, export, pil_resize, predict, preprocessing, weights
 from resnet_jax.preprocessing import Preprocessing
-from train import steps as train_steps
 
 CIFAR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 NUM_PHOTOS = 24
@@ -214,28 +213,31 @@ def test_pil_resize_in_a_graph_equals_pil_bit_for_bit(photos, interpolation):
 )
 def test_a_workdirs_preprocessing_is_its_evaluation_pipelines(photos, fields):
     # What the trainer's eval split does to an image (train.input_pipeline.augment), and
-    # what serving its workdir does (sources.workdir_preprocessing of its saved config).
+    # what serving its workdir does: the Preprocessing the trainer saves with each
+    # checkpoint (augment.Crop.evaluation), and the one the library rebuilds from the saved
+    # config of a checkpoint written before runs kept it (sources.legacy_preprocessing).
     from train.input_pipeline import augment
 
     config = {**fields, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
-    prep = resnet_jax.sources.workdir_preprocessing(config, None, 3)
+    crop = augment.Crop(
+        augment=fields["augment"],
+        image_size=fields["image_size"],
+        padding=4,
+        interpolation=fields["interpolation"],
+        eval_resize_size=fields["eval_resize_size"],
+    )
+    size = fields["image_size"]
+    prep = crop.evaluation((size, size, 3), tuple(config["mean"]), tuple(config["std"]))
+    assert prep == resnet_jax.sources.legacy_preprocessing(config, None, 3)
     for path in photos[:4]:
         image = classifier.read_image(str(path))
-        evaluated = augment.preprocess(
-            image,
-            train=False,
-            augment=fields["augment"],
-            image_size=fields["image_size"],
-            padding=4,
-            interpolation=fields["interpolation"],
-            eval_resize_size=fields["eval_resize_size"],
-        )
+        evaluated = augment.preprocess(image, crop, train=False)
         np.testing.assert_array_equal(prep.crop(image), evaluated)
         expected = np.asarray(
-            train_steps.normalize_images(jax.numpy.asarray(evaluated), config["mean"], config["std"])
+            preprocessing.normalize(jax.numpy.asarray(evaluated), config["mean"], config["std"])
         )
         np.testing.assert_allclose(prep(image), expected, rtol=0, atol=1e-6)
-    digits = resnet_jax.sources.workdir_preprocessing({"augment": "none", "image_size": 0}, [8, 8, 1], 1)
+    digits = resnet_jax.sources.legacy_preprocessing({"augment": "none", "image_size": 0}, [8, 8, 1], 1)
     assert (digits.size, digits.resize_size, digits.channels) == ((8, 8), 0, 1)
 
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import checkpointing, main, train_lib
+import resnet_jax.cli
+from train import checkpointing, main, settings, train_lib
 from train.configs import default, finetune_cifar
-from train.input_pipeline import sources
+from train.input_pipeline import datasets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_before_i
     assert "the checkpoint at step 4 cannot be read (" in err and f"moved it to {aside}" in err
     assert "resuming from step 2" in err and "Traceback" not in err and "Event loop" not in err
     assert _files(aside) == before  # kept whole, never deleted
-    assert summary["steps"] == 6 and checkpointing.Checkpointer(str(ckpts), 5, _config()).all_steps() == [
+    assert summary["steps"] == 6 and checkpointing.Checkpointer(str(ckpts), 5, {}).all_steps() == [
         2,
         4,
         6,
@@ -73,7 +74,7 @@ def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_before_i
     assert (tmp_path / "checkpoints.unreadable" / "6").is_dir()
 
     # When no step can be read: one error with each step's reason, and nothing is moved.
-    for step in checkpointing.Checkpointer(str(ckpts), 5, _config()).all_steps():
+    for step in checkpointing.Checkpointer(str(ckpts), 5, {}).all_steps():
         (ckpts / str(step) / "config" / "metadata").write_text("{")
     kept = _files(ckpts)
     with pytest.raises(
@@ -94,7 +95,7 @@ def test_a_resume_on_other_data_or_batches_is_refused_naming_the_setting(tmp_pat
         with pytest.raises(ValueError, match=match):
             train_lib.train_and_evaluate(_config(**{**extend, **changes}), str(tmp_path / "run"))
         assert (
-            checkpointing.Checkpointer(str(tmp_path / "run" / "checkpoints"), 5, _config()).all_steps()
+            checkpointing.Checkpointer(str(tmp_path / "run" / "checkpoints"), 5, {}).all_steps()
             == steps
         )
 
@@ -120,10 +121,10 @@ def test_a_resume_on_other_data_or_batches_is_refused_naming_the_setting(tmp_pat
 def test_the_length_on_the_command_line_wins_and_zero_steps_is_an_error(tmp_path):
     config = _config(num_train_steps=64000, num_epochs=15.0)
     main.apply_duration_rule(config, {"num_epochs"})  # --config.num_epochs=15 given
-    assert config.num_train_steps == -1 and train_lib.total_steps(config, 22) == 330
+    assert config.num_train_steps == -1 and settings.length(config).total_steps(22) == 330
     config = _config(num_train_steps=64000, num_epochs=2.0)
     main.apply_duration_rule(config, {"model"})  # only the config file's: num_train_steps wins
-    assert train_lib.total_steps(config, 22) == 64000
+    assert settings.length(config).total_steps(22) == 64000
     with pytest.raises(ValueError, match=r"num_epochs=2.0 and --config.num_train_steps=100 both set"):
         main.apply_duration_rule(
             _config(num_train_steps=100, num_epochs=2.0), {"num_epochs", "num_train_steps"}
@@ -153,12 +154,12 @@ def test_a_class_without_train_images_is_refused_naming_its_folder(tmp_path):
     (root / "test" / "d").mkdir()
     (root / "test" / "d" / "0.png").write_bytes((root / "test" / "a" / "0.png").read_bytes())
     with pytest.raises(ValueError) as info:
-        sources.image_folder_source(str(root))
+        datasets.image_folder_source(str(root))
     message = str(info.value)
     assert f"{root / 'train' / 'b'} holds no decodable image" in message
     assert f"{root / 'train' / 'd'} does not exist" in message and "2 class(es)" in message
     # Leaving them out with classes= works.
-    assert sources.image_folder_source(str(root), classes=(0, 2)).num_classes == 2
+    assert datasets.image_folder_source(str(root), classes=(0, 2)).num_classes == 2
 
 
 def test_a_finished_run_is_left_as_it_is_and_a_resumed_one_counts_every_session(tmp_path, capsys):
@@ -186,7 +187,7 @@ def test_a_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
 
 def _cli(module, *args, cwd=REPO):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop(train_lib.resnet_jax.cli.TRACEBACK_ENV, None)
+    env.pop(resnet_jax.cli.TRACEBACK_ENV, None)
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -216,7 +217,7 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
         ("resnet_jax.convert", ["--source=torch", *convert], "invalid choice: 'torch'"),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop(train_lib.resnet_jax.cli.TRACEBACK_ENV, None)
+    env.pop(resnet_jax.cli.TRACEBACK_ENV, None)
     procs = []
     for i, (module, args, expected) in enumerate(cases):
         if module == "train.main" and not any(a.startswith("--workdir") for a in args):
@@ -260,8 +261,8 @@ def test_only_errors_raised_by_the_projects_own_code_lose_their_traceback():
         except Exception as e:
             return e
 
-    assert cli.is_user_error(raised(lambda: sources.image_folder_source("/nonexistent")))
-    assert cli.is_user_error(raised(lambda: train_lib._choice("optimizer", "x", ("sgd",))))
+    assert cli.is_user_error(raised(lambda: datasets.image_folder_source("/nonexistent")))
+    assert cli.is_user_error(raised(lambda: settings.choice("optimizer", "x", ("sgd",))))
     # The same types raised inside a library are unexpected: their traceback stays.
     assert not cli.is_user_error(raised(lambda: np.reshape(np.zeros(3), (2, 2))))
     assert not cli.is_user_error(raised(lambda: json.loads("{")))

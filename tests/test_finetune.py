@@ -6,7 +6,6 @@ import os
 import pathlib
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,8 @@ from flax import traverse_util
 import resnet_jax
 import resnet_jax.sources
 from resnet_jax import convert
-from train import finetune, optim, train_lib
+from resnet_jax import workdirs
+from train import finetune, optim, settings, train_lib
 from train.configs import default
 
 
@@ -48,12 +48,11 @@ def test_freeze_specs(params):
         optim.frozen_mask(params, "[")
 
 
-def _config(**overrides):
-    base = dict(
-        optimizer="sgd", momentum=0.9, weight_decay=1e-4, grad_clip_norm=0.0, grad_accum_steps=1,
-        freeze="", head_lr_multiplier=1.0, backbone_lr_multiplier=1.0, layer_decay=1.0,
-    )  # fmt: skip
-    return SimpleNamespace(**{**base, **overrides})
+def _optim(**overrides):
+    """The optimizer settings of the default config with these fields, checked as a run checks them."""
+    config = default.get_config()
+    config.update(dict(momentum=0.9, weight_decay=1e-4), **overrides)
+    return settings.optim(config)
 
 
 def _real_params():
@@ -63,7 +62,7 @@ def _real_params():
 
 def test_frozen_parameters_stay_bitwise_and_hold_no_optimizer_state():
     params = _real_params()
-    tx = optim.create_optimizer(_config(freeze="backbone"), optax.constant_schedule(0.1), params)
+    tx = optim.create_optimizer(_optim(freeze="backbone"), optax.constant_schedule(0.1), params)
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
     new = params
@@ -82,7 +81,7 @@ def test_frozen_parameters_stay_bitwise_and_hold_no_optimizer_state():
 def test_head_multiplier_and_layer_decay():
     params = _real_params()
     grads = jax.tree.map(jnp.ones_like, params)
-    config = _config(momentum=0.0, weight_decay=0.0, head_lr_multiplier=10.0, layer_decay=0.5)
+    config = _optim(momentum=0.0, weight_decay=0.0, head_lr_multiplier=10.0, layer_decay=0.5)
     tx = optim.create_optimizer(config, optax.constant_schedule(0.1), params)
     updates, _ = tx.update(grads, tx.init(params), params)
     # head: 0.1 * 10; stage3: 0.1 * 0.5; stem: 0.1 * 0.5**4 (stem, stage1..3, head).
@@ -116,6 +115,39 @@ def test_restore_reinitialises_a_new_head_and_refuses_other_mismatches(tmp_path)
         r"\(3, 3, 1, 16\) in the model",
     ):
         finetune.restore(str(tmp_path / "src"), gray["params"], gray["batch_stats"])
+
+
+def test_classify_and_init_from_a_workdir_start_from_the_same_weights(tmp_path):
+    # One resolver (resnet_jax.sources.load) for --weights=WORKDIR and init_from=WORKDIR: a
+    # run that kept an EMA gives its EMA weights to both, and each flag gives the live ones.
+    config = default.get_config()
+    config.update(num_train_steps=6, eval_every_steps=6, checkpoint_every_steps=6, ema_decay=0.5)
+    train_lib.train_and_evaluate(config, str(tmp_path / "source"))
+    ema, _ = workdirs.load_variables(str(tmp_path / "source"), ema=True)
+    live, _ = workdirs.load_variables(str(tmp_path / "source"), ema=False)
+    flat = traverse_util.flatten_dict
+    assert any(not np.array_equal(a, flat(live)[k]) for k, a in flat(ema).items())
+
+    def params_of(tree):
+        return {k: np.asarray(v) for k, v in flat(tree["params"]).items()}
+
+    for no_ema, expected in ((False, ema), (True, live)):
+        served = resnet_jax.Classifier.load(str(tmp_path / "source"), ema=False if no_ema else None)
+        loaded = resnet_jax.sources.load(str(tmp_path / "source"), ema=False if no_ema else None)
+        assert ("live weights" if no_ema else "EMA weights") in served.description
+        # The trainer with init_from and a learning rate of 0: its first checkpoint holds the
+        # weights it started from (the head has the same 10 classes, so all are restored).
+        tuned = default.get_config()
+        tuned.update(
+            init_from=str(tmp_path / "source"), init_from_ema=not no_ema, learning_rate=0.0, warmup_epochs=0.0,
+            lr_schedule="constant", weight_decay=0.0, num_train_steps=1, checkpoint_every_steps=1,
+        )  # fmt: skip
+        target = tmp_path / f"tuned_{'live' if no_ema else 'ema'}"
+        train_lib.train_and_evaluate(tuned, str(target))
+        started, _ = workdirs.load_variables(str(target), ema=False)
+        for k, v in params_of(expected).items():
+            np.testing.assert_array_equal(params_of(loaded.variables)[k], v, err_msg=str(k))
+            np.testing.assert_array_equal(params_of(started)[k], v, err_msg=str(k))
 
 
 def test_finetune_10_to_5_classes_with_a_frozen_backbone(tmp_path):

@@ -97,9 +97,11 @@ def test_bce_equals_a_hand_computed_value():
 
 
 def test_the_configs_mixing_fields_are_checked():
+    # The fields are checked once, by train.settings (mixing.mix_config is gone).
+    from train import settings
     from train.configs import default
 
-    assert mixing.mix_config(default.get_config()) == mixing.NO_MIXING
+    assert settings.step(default.get_config()).mix == mixing.NO_MIXING
     for field, value, match in (
         ("mixup_alpha", -0.2, r"config.mixup_alpha=-0.2 must be >= 0"),
         ("mix_switch_prob", 1.5, r"config.mix_switch_prob=1.5 is a probability"),
@@ -108,4 +110,4 @@ def test_the_configs_mixing_fields_are_checked():
         config = default.get_config()
         config[field] = value
         with pytest.raises(ValueError, match=match):
-            mixing.mix_config(config)
+            settings.step(config)

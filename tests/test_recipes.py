@@ -4,7 +4,6 @@ code: torchvision's LR schedule and EMA, timm's cosine schedule and Lamb."""
 
 import sys
 import types
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +11,21 @@ import numpy as np
 import optax
 import pytest
 
-from train import optim, steps
+from train import optim, settings, steps
 from train.configs import cifar10_tv2, imagenet_resnet50_tv2, rsb_a1, rsb_a2, rsb_a3
+
+
+def _lr(config, steps_per_epoch):
+    """A preset's schedule, built from its checked settings as the trainer builds it."""
+    total = settings.length(config).total_steps(steps_per_epoch)
+    return optim.create_learning_rate_fn(settings.optim(config), steps_per_epoch, total)
+
+
+def _ema(config, steps_per_epoch, total):
+    """A preset's EMA in the compiled step, as the trainer builds it."""
+    return steps.ema_schedule(
+        settings.ema(config), steps_per_epoch, total, config.batch_size, config.warmup_epochs
+    )
 
 TV_README = "torchvision references/classification/README.md, ResNet50 IMAGENET1K_V2 command"
 TV_TRAIN = "torchvision references/classification/train.py default"
@@ -120,9 +132,9 @@ def test_rsb_warmup_starts_at_timms_warmup_lr():
 def test_presets_scale_the_lr_linearly_with_the_batch():
     for module in (imagenet_resnet50_tv2, rsb_a1, cifar10_tv2):
         config = module.get_config()
-        published = optim.peak_learning_rate(config)
+        published = settings.peak_learning_rate(config)
         config.batch_size //= 4
-        assert optim.peak_learning_rate(config) == pytest.approx(published / 4, rel=1e-12)
+        assert settings.peak_learning_rate(config) == pytest.approx(published / 4, rel=1e-12)
 
 
 def _torch():
@@ -138,7 +150,7 @@ def test_lr_per_epoch_matches_torchvisions_schedulers():
     torch = _torch()
     config = imagenet_resnet50_tv2.get_config()
     spe, epochs = 7, int(config.num_epochs)
-    lr = optim.create_learning_rate_fn(config, spe)
+    lr = _lr(config, spe)
     # torchvision's train.py: LinearLR warmup then CosineAnnealingLR, chained by SequentialLR.
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.learning_rate)
     warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=5)
@@ -161,7 +173,7 @@ def test_rsb_lr_matches_timms_cosine_scheduler():
     for module in (rsb_a1, rsb_a3):
         config = module.get_config()
         spe, epochs = 5, int(config.num_epochs)
-        lr = optim.create_learning_rate_fn(config, spe)
+        lr = _lr(config, spe)
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.learning_rate)
         sched = CosineLRScheduler(
             opt, t_initial=epochs, lr_min=1e-6, warmup_t=5, warmup_lr_init=1e-4, warmup_prefix=False
@@ -190,7 +202,7 @@ def test_lamb_matches_timms_lamb():
     grads = [
         jax.tree.map(lambda p: (3 * rng.normal(size=p.shape)).astype(np.float32), params) for _ in range(6)
     ]
-    tx = optim.create_optimizer(config, optax.constant_schedule(config.learning_rate))
+    tx = optim.create_optimizer(settings.optim(config), optax.constant_schedule(config.learning_rate))
     # timm's param_groups_weight_decay: kernels decay, biases and norms (1-d) do not.
     leaves = jax.tree_util.tree_leaves_with_path(params)
     tensors = {jax.tree_util.keystr(k): torch.tensor(np.array(v), requires_grad=True) for k, v in leaves}
@@ -252,11 +264,8 @@ def test_ema_matches_torchvisions_averaged_model():
                     ema_ref.n_averaged.fill_(0)
             ref.append([ema_ref.module.w.detach().numpy().copy(), ema_ref.module.m.numpy().copy()])
 
-    config = SimpleNamespace(
-        ema_decay=decay, ema_every_steps=every, ema_adjust=False, ema_copy_during_warmup=True,
-        warmup_epochs=warmup_epochs, batch_size=8,
-    )  # fmt: skip
-    ema = steps.ema_config(config, spe, epochs * spe)
+    rule = settings.EmaRule(decay=decay, every=every, adjust=False, copy_during_warmup=True)
+    ema = steps.ema_schedule(rule, spe, epochs * spe, 8, warmup_epochs)
     state = steps.TrainState.create(
         apply_fn=None, params={"w": jnp.zeros(3)}, tx=optax.identity(), batch_stats={"m": jnp.zeros(3)},
         ema_params={"w": jnp.zeros(3)}, ema_batch_stats={"m": jnp.zeros(3)},
@@ -274,13 +283,13 @@ def test_ema_matches_torchvisions_averaged_model():
 def test_ema_adjustment_is_torchvisions():
     config = imagenet_resnet50_tv2.get_config()
     spe = 1251  # ImageNet's 1,281,167 images / 1024
-    ema = steps.ema_config(config, spe, 600 * spe)
+    ema = _ema(config, spe, 600 * spe)
     # torchvision: adjust = world_size * batch_size * model_ema_steps / epochs.
     alpha = min(1.0, (1.0 - 0.99998) * (8 * 128) * 32 / 600)
     assert ema.decay == pytest.approx(1.0 - alpha, rel=1e-12)
     assert ema.every == 32 and ema.copy_until == 5 * spe
     config.batch_size = 64  # a small batch: alpha = 6.8e-5 per update
-    assert steps.ema_config(config, spe * 16, 600 * spe * 16).decay == pytest.approx(
+    assert _ema(config, spe * 16, 600 * spe * 16).decay == pytest.approx(
         1.0 - 2e-5 * 64 * 32 / 600, rel=1e-12
     )
 
@@ -295,10 +304,9 @@ def test_ema_adjustment_is_torchvisions():
     ],
 )
 def test_the_recipe_fields_are_checked(field, value, match):
-    from train import checks
     from train.configs import default
 
     config = default.get_config()
     config[field] = value
     with pytest.raises(ValueError, match=match):
-        checks.check_config(config)
+        settings.check(config)

@@ -64,7 +64,7 @@ class Length:
     def field(self) -> str:
         if self.num_train_steps > 0:
             return f"num_train_steps={self.num_train_steps}"
-        return f"num_epochs={self.num_epochs:g}"
+        return f"num_epochs={self.num_epochs}"
 
     def total_steps(self, steps_per_epoch: int) -> int:
         if self.num_train_steps > 0:
@@ -255,8 +255,8 @@ def length(config: Any) -> Length:
         )
     if config.num_train_steps == -1 and config.num_epochs <= 0:
         raise ValueError(
-            f"config.num_epochs={config.num_epochs} gives a run of 0 steps; set num_epochs > 0, or "
-            "num_train_steps > 0 (which wins when both are set)"
+            f"num_epochs={config.num_epochs} and num_train_steps={config.num_train_steps} give a run of 0 "
+            "steps; set num_epochs > 0, or num_train_steps > 0 (which wins when both are set)"
         )
     return Length(float(config.num_epochs), int(config.num_train_steps))
 
@@ -395,7 +395,11 @@ def optim(config: Any) -> Optim:
     for field in ("learning_rate", "lr_min", "weight_decay", "momentum", "grad_clip_norm", "warmup_epochs"):
         if config[field] < 0:
             raise ValueError(f"config.{field}={config[field]} must be >= 0")
-    _probability(config, "warmup_start_factor")
+    if not 0.0 <= config.warmup_start_factor <= 1.0:
+        raise ValueError(
+            f"config.warmup_start_factor={config.warmup_start_factor} must be in [0, 1]: the warmup's "
+            "first lr as a fraction of the peak (torchvision's --lr-warmup-decay)"
+        )
     for field in ("head_lr_multiplier", "backbone_lr_multiplier"):
         if config[field] < 0:
             raise ValueError(f"config.{field}={config[field]} must be >= 0 (0: that part does not move)")
