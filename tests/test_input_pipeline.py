@@ -16,9 +16,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from train import input_pipeline
+from train import settings
 from train.configs import default
-from train.input_pipeline import batching as ip
+from train.input_pipeline import batching
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -364,7 +364,7 @@ def test_repeated_augmentation_on_two_processes(monkeypatch):
             np.testing.assert_array_equal(next(resumed)["image"], want["image"])
     # What makes them differ: each copy's augmentation draws from its own generator
     # (grain's, seeded by the copy's position). Its first draw, per copy:
-    monkeypatch.setattr(ip.Transform, "__call__", lambda self, record, rng=None: {
+    monkeypatch.setattr(batching.Transform, "__call__", lambda self, record, rng=None: {
         "image": np.full((8, 8, 1), 0, np.uint8) + rng.integers(2**31, size=(8, 8, 1)).astype(np.uint8),
         "label": np.int32(record["label"]),
     })  # fmt: skip

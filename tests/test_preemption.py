@@ -18,7 +18,8 @@ import pytest
 from flax import traverse_util
 
 from bench import stop_time
-from train import checkpointing, preemption, train_lib
+from resnet_jax import workdirs
+from train import preemption, train_lib
 from train.configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -132,7 +133,7 @@ def test_sigterm_and_sigint_save_the_step_reached_and_the_rerun_ends_as_the_unin
     assert losses == [(r["step"], r["split"], r["loss"]) for r in reference]
     assert [s for s, split, _ in losses if split == "train"] == list(range(1, 101))
     ours, theirs = (
-        traverse_util.flatten_dict(checkpointing.load_variables(str(d))[0]) for d in (run, straight)
+        traverse_util.flatten_dict(workdirs.load_variables(str(d))[0]) for d in (run, straight)
     )
     assert ours.keys() == theirs.keys()
     for k in ours:
@@ -209,7 +210,7 @@ def test_a_save_that_fails_stops_the_run_and_keeps_every_saved_step(tmp_path):
         sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "checkpoints" / "15").rglob("*")) == before
     )
     assert stop_time.saved_steps(tmp_path)[-1] == step - 15
-    variables, restored = checkpointing.load_variables(str(tmp_path), step=15)
+    variables, restored = workdirs.load_variables(str(tmp_path), step=15)
     assert restored == 15 and variables["params"]
     assert not (tmp_path / "summary.json").exists()
 

@@ -15,7 +15,8 @@ import processes
 import pytest
 from flax import traverse_util
 
-from train import checkpointing, train_lib
+from resnet_jax import workdirs
+from train import checkpointing, settings, train_lib
 from train.configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -195,7 +196,7 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
     print(f"\nkilled after step >= 26, resumed from {start}: eval loss {final['loss']} vs {straight['loss']}")
     for ema in (False, True):  # the weights, and the EMA of weights and BN statistics
         ours, theirs = (
-            checkpointing.load_variables(str(tmp_path / r), ema=ema)[0] for r in ("killed", "straight")
+            workdirs.load_variables(str(tmp_path / r), ema=ema)[0] for r in ("killed", "straight")
         )
         flat_ours, flat_theirs = (traverse_util.flatten_dict(v) for v in (ours, theirs))
         assert flat_ours.keys() == flat_theirs.keys()
@@ -203,7 +204,7 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
             np.testing.assert_array_equal(flat_ours[k], flat_theirs[k], err_msg="/".join(k))
     assert final == straight
     weights, averaged = (
-        checkpointing.load_variables(str(tmp_path / "straight"), ema=e)[0] for e in (False, True)
+        workdirs.load_variables(str(tmp_path / "straight"), ema=e)[0] for e in (False, True)
     )
     assert not np.array_equal(weights["params"]["head"]["kernel"], averaged["params"]["head"]["kernel"])
 
@@ -315,7 +316,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     )
     with pytest.raises(FloatingPointError, match=r"non-finite train loss.*last good checkpoint \(step 10\)"):
         train_lib.train_and_evaluate(config, str(tmp_path))
-    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 3, config)
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 3, settings.saved_config(settings.check(config)))
     assert ckpt.all_steps() == [5, 10]
     # A different model must not resume from (or overwrite) these checkpoints.
     with pytest.raises(ValueError, match=r"model: saved 'resnet20', now 'resnet32'.*left untouched"):

@@ -10,7 +10,8 @@ import pytest
 import tolerances
 
 import resnet_jax
-from train import train_lib
+from train import mesh as mesh_lib
+from train import settings, steps
 
 
 def test_options_only_on_cpu_and_only_when_asked():
@@ -80,19 +81,19 @@ def test_ynnpack_gradients_are_as_accurate_as_xlas_own(name, overrides):
 def _run(model, ynnpack, steps=3):
     """The trainer's jitted steps on one batch: its HLO, the state and metrics after step 1,
     the eval loss of that state, and the train losses of ``steps`` steps."""
-    mesh = train_lib.create_mesh(jax.devices()[:1])
-    state = train_lib.create_train_state(model, optax.sgd(0.1, momentum=0.9), (32, 32, 3), jax.random.key(0))
-    state = train_lib.replicate(state, mesh)
-    p_train, p_eval = train_lib.make_steps(mesh, ynnpack=ynnpack)
+    mesh = mesh_lib.create_mesh(jax.devices()[:1])
+    state = steps.create_train_state(model, optax.sgd(0.1, momentum=0.9), (32, 32, 3), jax.random.key(0))
+    state = mesh_lib.replicate(state, mesh)
+    p_train, p_eval = steps.make_steps(mesh, settings.Step(ynnpack=ynnpack))
     rng = np.random.default_rng(0)
-    batch = train_lib.shard_batch(
+    batch = mesh_lib.shard_batch(
         {
             "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
             "label": rng.integers(0, model.num_classes, 8).astype(np.int32),
         },
         mesh,
     )
-    key = train_lib.replicate(jax.random.key(1), mesh)
+    key = mesh_lib.replicate(jax.random.key(1), mesh)
     hlo = p_train.lower(state, batch, key).compile().as_text()
     params = jax.device_get(state.params)
     losses = []
@@ -100,7 +101,7 @@ def _run(model, ynnpack, steps=3):
         state, metrics = p_train(state, batch, key)
         losses.append(float(metrics["loss"]) / float(metrics["count"]))
         if step == 0:
-            mask = train_lib.shard_batch({"m": np.ones(8, np.float32)}, mesh)["m"]
+            mask = mesh_lib.shard_batch({"m": np.ones(8, np.float32)}, mesh)["m"]
             first = {
                 "update": jax.tree.map(np.subtract, jax.device_get(state.params), params),
                 "batch_stats": jax.device_get(state.batch_stats),
