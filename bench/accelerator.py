@@ -5,7 +5,7 @@ Everything this project measures on an accelerator, in one command, on whatever 
 a Markdown table on stdout and ``DIR/results.json``. Each part can run alone (``--parts``),
 so a GPU session split into 10-minute calls can fill the figures in a few of them.
 
-- ``resnet50``: the trainer's jitted step (``train_lib.make_steps``) for ResNet-50 at 224,
+- ``resnet50``: the trainer's jitted step (``train.steps.make_steps``) for ResNet-50 at 224,
   batch 256, bf16 compute (float32 params) and float32, on a device-resident batch:
   images/s, step and compile time, MFU (XLA's counted FLOPs against the device's peak,
   ``bench.train_throughput.PEAK_TFLOPS``). Beside it, in the same run, PyTorch's best on

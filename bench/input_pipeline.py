@@ -4,7 +4,7 @@ r"""python -m bench.input_pipeline [--which=cifar,imagenet,v2] [--workers=0,1,2]
 Images/s, and images/s per CPU core, of the trainer's own input pipeline, beside the
 peer PyTorch users run, on the same images and the same cores, in one run.
 
-- resnet_jax: the train stream of ``train.input_pipeline.create_data``, exactly as
+- resnet_jax: the train stream of ``train.input_pipeline.batching.create_data``, exactly as
   ``train.main`` reads it (grain: file read, decode, augment, batch; uint8 images,
   normalised later on the device), with 0 (in this process only), 1, 2, ... grain worker
   processes (``config.input_workers``), each reading with ``--threads`` threads
@@ -117,7 +117,8 @@ def _time(stream, batches: int, warmup: int) -> dict[str, float]:
 
 
 def measure_grain(config, workers: int, batches: int, warmup: int) -> dict[str, float]:
-    from train import input_pipeline
+    from train import settings
+    from train.input_pipeline import batching
 
     config.input_workers = workers
     start = time.perf_counter()

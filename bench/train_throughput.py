@@ -1,7 +1,7 @@
 r"""python -m bench.train_throughput --model=NAME --image-size=N --batch-size=B \
     [--dtype=bfloat16] [--compare-torch] [--ynnpack=on|off] [--cpu-devices=N] [--mixing]
 
-Times resnet_jax's real train step: ``train_lib.make_steps``, the function ``train.main``
+Times resnet_jax's real train step: ``train.steps.make_steps``, the function ``train.main``
 runs (SGD with momentum, weight decay, BatchNorm updates, metrics), on one synthetic batch
 that stays on the devices, so the input pipeline is out of the picture (see
 ``bench/input_pipeline.py`` for it). Compilation is timed apart. Steps are timed in
@@ -79,41 +79,42 @@ def _setup(args: argparse.Namespace, uint8: bool = False) -> tuple[Any, ...]:
     import numpy as np
 
     import resnet_jax
-    from train import train_lib
+    from train import mesh as mesh_lib
+    from train import optim, settings, steps
     from train.configs import default
 
-    config = default.get_config()
-    mesh = train_lib.create_mesh()
-    train_lib.check_batch_size(args.batch_size, mesh)
+    optim_settings = settings.optim(default.get_config())
+    mesh = mesh_lib.create_mesh()
+    mesh_lib.check_batch_size(args.batch_size, mesh)
     overrides = {"num_classes": args.num_classes} if args.num_classes else {}
     model = resnet_jax.create_model(args.model, dtype=jnp.dtype(args.dtype), **overrides)
     shape = (args.image_size, args.image_size, model.in_channels)
-    tx = train_lib.create_optimizer(config, train_lib.create_learning_rate_fn(config, steps_per_epoch=100))
+    tx = optim.create_optimizer(optim_settings, optim.create_learning_rate_fn(optim_settings, 100, 1500))
     data = np.random.default_rng(0)
     if uint8:
         images = data.integers(0, 256, (args.batch_size, *shape), dtype=np.uint8)
     else:
         images = data.normal(size=(args.batch_size, *shape)).astype(np.float32)
     labels = data.integers(0, model.num_classes, args.batch_size).astype(np.int32)
-    batch = train_lib.shard_batch({"image": images, "label": labels}, mesh)
+    batch = mesh_lib.shard_batch({"image": images, "label": labels}, mesh)
 
     def fresh_state():
-        return train_lib.replicate(train_lib.create_train_state(model, tx, shape, jax.random.key(0)), mesh)
+        return mesh_lib.replicate(steps.create_train_state(model, tx, shape, jax.random.key(0)), mesh)
 
-    return mesh, fresh_state, batch, train_lib.replicate(jax.random.key(1), mesh)
+    return mesh, fresh_state, batch, mesh_lib.replicate(jax.random.key(1), mesh)
 
 
 def time_jax(args: argparse.Namespace) -> dict[str, Any]:
     import jax
 
     import resnet_jax
-    from train import train_lib
+    from train import settings, steps
 
     if args.cpu_devices:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     mesh, fresh_state, batch, rng = _setup(args)
     state = fresh_state()
-    p_train, _ = train_lib.make_steps(mesh, ynnpack=args.ynnpack == "on")
+    p_train, _ = steps.make_steps(mesh, settings.Step(ynnpack=args.ynnpack == "on"))
     start = time.perf_counter()
     compiled = p_train.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - start
@@ -153,13 +154,13 @@ def time_mixing(args: argparse.Namespace) -> dict[str, float]:
     alternating windows on the same batch (A-B, B-A, ...)."""
     import jax
 
-    from train import mixing, train_lib
+    from train import mixing, settings, steps
 
     mesh, fresh_state, batch, rng = _setup(args, uint8=True)
     runs = {}
     for name, mix in (("plain", mixing.NO_MIXING), ("mixup+cutmix", mixing.MixConfig(0.2, 1.0))):
         state = fresh_state()
-        p_train, _ = train_lib.make_steps(mesh, ynnpack=args.ynnpack == "on", mix=mix)
+        p_train, _ = steps.make_steps(mesh, settings.Step(ynnpack=args.ynnpack == "on", mix=mix))
         compiled = p_train.lower(state, batch, rng).compile()
         holder = {"state": state}
 

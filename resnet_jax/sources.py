@@ -182,7 +182,9 @@ def _workdir(path: str, model: str | None, ema: bool | None, label: str) -> Load
         config, run = workdir.item(step, workdirs.CONFIG), workdir.item(step, workdirs.RUN)
         name = config.get("model") or model
         if name is None:
-            raise ValueError(f"the checkpoint at step {step} in {workdir.directory} saved no config: pass --model")
+            raise ValueError(
+                f"the checkpoint at step {step} in {workdir.directory} saved no config: pass --model"
+            )
         _check_model(model, name, workdir.directory)
         use_ema = ema if ema is not None else float(config.get("ema_decay") or 0) > 0
         variables = workdir.variables(step, ema=use_ema)[0]

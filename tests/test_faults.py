@@ -94,10 +94,7 @@ def test_a_resume_on_other_data_or_batches_is_refused_naming_the_setting(tmp_pat
     def refused(match, **changes):
         with pytest.raises(ValueError, match=match):
             train_lib.train_and_evaluate(_config(**{**extend, **changes}), str(tmp_path / "run"))
-        assert (
-            checkpointing.Checkpointer(str(tmp_path / "run" / "checkpoints"), 5, {}).all_steps()
-            == steps
-        )
+        assert checkpointing.Checkpointer(str(tmp_path / "run" / "checkpoints"), 5, {}).all_steps() == steps
 
     # Other images under the same class names.
     b = _folder(tmp_path / "b", n=9, seed=1)

@@ -17,8 +17,7 @@ from flax import traverse_util
 
 import resnet_jax
 import resnet_jax.sources
-from resnet_jax import convert
-from resnet_jax import workdirs
+from resnet_jax import convert, workdirs
 from train import finetune, optim, settings, train_lib
 from train.configs import default
 
@@ -139,8 +138,9 @@ def test_classify_and_init_from_a_workdir_start_from_the_same_weights(tmp_path):
         # weights it started from (the head has the same 10 classes, so all are restored).
         tuned = default.get_config()
         tuned.update(
-            init_from=str(tmp_path / "source"), init_from_ema=not no_ema, learning_rate=0.0, warmup_epochs=0.0,
-            lr_schedule="constant", weight_decay=0.0, num_train_steps=1, checkpoint_every_steps=1,
+            init_from=str(tmp_path / "source"), init_from_ema=not no_ema, learning_rate=0.0,
+            warmup_epochs=0.0, lr_schedule="constant", weight_decay=0.0, num_train_steps=1,
+            checkpoint_every_steps=1,
         )  # fmt: skip
         target = tmp_path / f"tuned_{'live' if no_ema else 'ema'}"
         train_lib.train_and_evaluate(tuned, str(target))

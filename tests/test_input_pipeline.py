@@ -128,9 +128,9 @@ time.sleep(300)
 def test_each_process_gets_its_part_of_the_same_global_batch(monkeypatch):
     config = _config(augment="cifar")
     global_batches = _take(batching.create_data(settings.data(config)).train_iterator(), 8)
-    monkeypatch.setattr(ip, "jax_process_count", lambda: 2)
+    monkeypatch.setattr(batching, "jax_process_count", lambda: 2)
     for index in (0, 1):
-        monkeypatch.setattr(ip, "jax_process_index", lambda index=index: index)
+        monkeypatch.setattr(batching, "jax_process_index", lambda index=index: index)
         part = _take(batching.create_data(settings.data(config)).train_iterator(), 8)[7]
         assert part["image"].shape == (32, 8, 8, 1)
         # Same examples, same augmentation: process p holds every other example.
@@ -141,10 +141,10 @@ def test_each_process_gets_its_part_of_the_same_global_batch(monkeypatch):
 @pytest.mark.parametrize("processes", [1, 2])
 def test_eval_covers_the_split_exactly_once(monkeypatch, processes):
     config = _config(eval_batch_size=48)  # 360 = 7 * 48 + 24: the last batch is partial
-    monkeypatch.setattr(ip, "jax_process_count", lambda: processes)
+    monkeypatch.setattr(batching, "jax_process_count", lambda: processes)
     seen = []
     for index in range(processes):
-        monkeypatch.setattr(ip, "jax_process_index", lambda index=index: index)
+        monkeypatch.setattr(batching, "jax_process_index", lambda index=index: index)
         data = batching.create_data(settings.data(config))
         batches = list(data.eval_batches())
         assert len(batches) == data.eval_steps  # the same count on every process
@@ -263,7 +263,9 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(ValueError, match=r"needs --config\.data_dir"):
         batching.create_data(settings.data(_config(dataset="image_folder")))
     with pytest.raises(ValueError, match="is not a directory"):
-        batching.create_data(settings.data(_config(dataset="image_folder", data_dir=str(tmp_path / "missing"))))
+        batching.create_data(
+            settings.data(_config(dataset="image_folder", data_dir=str(tmp_path / "missing")))
+        )
     (tmp_path / "test" / "a").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"has no train/ subfolder; found: \['test'\]"):
         batching.create_data(settings.data(_config(dataset="image_folder", data_dir=str(tmp_path))))
@@ -304,9 +306,9 @@ def test_repeated_augmentation_on_two_processes(monkeypatch):
     its 4 copies side by side in the global stream (so 2 on each process), each augmented
     differently; each epoch holds a quarter of the examples, 4 times each."""
     k, processes = 4, 2
-    monkeypatch.setattr(ip, "jax_process_count", lambda: processes)
+    monkeypatch.setattr(batching, "jax_process_count", lambda: processes)
     state = {"index": 0}
-    monkeypatch.setattr(ip, "jax_process_index", lambda: state["index"])
+    monkeypatch.setattr(batching, "jax_process_index", lambda: state["index"])
     plain = _config(repeated_augmentations=k)
     data = batching.create_data(settings.data(plain))
     epoch = data.steps_per_epoch * plain.batch_size  # 22 * 64 = 1408 of 1437 examples

@@ -132,9 +132,7 @@ def test_sigterm_and_sigint_save_the_step_reached_and_the_rerun_ends_as_the_unin
     losses = [(r["step"], r["split"], r["loss"]) for r in records]
     assert losses == [(r["step"], r["split"], r["loss"]) for r in reference]
     assert [s for s, split, _ in losses if split == "train"] == list(range(1, 101))
-    ours, theirs = (
-        traverse_util.flatten_dict(workdirs.load_variables(str(d))[0]) for d in (run, straight)
-    )
+    ours, theirs = (traverse_util.flatten_dict(workdirs.load_variables(str(d))[0]) for d in (run, straight))
     assert ours.keys() == theirs.keys()
     for k in ours:
         np.testing.assert_array_equal(ours[k], theirs[k], err_msg="/".join(k))

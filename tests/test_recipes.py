@@ -27,6 +27,7 @@ def _ema(config, steps_per_epoch, total):
         settings.ema(config), steps_per_epoch, total, config.batch_size, config.warmup_epochs
     )
 
+
 TV_README = "torchvision references/classification/README.md, ResNet50 IMAGENET1K_V2 command"
 TV_TRAIN = "torchvision references/classification/train.py default"
 TV_PRESETS = "torchvision references/classification presets.py"

@@ -75,12 +75,19 @@ def test_the_run_says_its_recipe_and_a_length_from_the_command_line_says_what_it
     from train.configs import cifar10_tv2
 
     line = settings.check(cifar10_tv2.get_config()).describe_recipe()
-    for part in ("policy trivialaugment", "erasing 0.1", "mixup 0.2 / cutmix 1", "label smoothing 0.1", "EMA"):
+    for part in (
+        "policy trivialaugment",
+        "erasing 0.1",
+        "mixup 0.2 / cutmix 1",
+        "label smoothing 0.1",
+        "EMA",
+    ):
         assert part in line, line
     config = cifar10_tv2.get_config()
     config.num_train_steps = 7  # as --config.num_train_steps=7 sets it
     main.apply_duration_rule(config, {"num_train_steps"})
-    assert f"num_train_steps=7 from the command line replaces the config file's num_epochs={config.num_epochs}" in (
-        capsys.readouterr().out
+    assert (
+        f"num_train_steps=7 from the command line replaces the config file's num_epochs={config.num_epochs}"
+        in (capsys.readouterr().out)
     )
     assert settings.check(config).run.length.total_steps(100) == 7

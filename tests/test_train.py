@@ -203,9 +203,7 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
         for k in flat_ours:
             np.testing.assert_array_equal(flat_ours[k], flat_theirs[k], err_msg="/".join(k))
     assert final == straight
-    weights, averaged = (
-        workdirs.load_variables(str(tmp_path / "straight"), ema=e)[0] for e in (False, True)
-    )
+    weights, averaged = (workdirs.load_variables(str(tmp_path / "straight"), ema=e)[0] for e in (False, True))
     assert not np.array_equal(weights["params"]["head"]["kernel"], averaged["params"]["head"]["kernel"])
 
 
@@ -316,7 +314,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     )
     with pytest.raises(FloatingPointError, match=r"non-finite train loss.*last good checkpoint \(step 10\)"):
         train_lib.train_and_evaluate(config, str(tmp_path))
-    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 3, settings.saved_config(settings.check(config)))
+    ckpt = checkpointing.Checkpointer(
+        str(tmp_path / "checkpoints"), 3, settings.saved_config(settings.check(config))
+    )
     assert ckpt.all_steps() == [5, 10]
     # A different model must not resume from (or overwrite) these checkpoints.
     with pytest.raises(ValueError, match=r"model: saved 'resnet20', now 'resnet32'.*left untouched"):

@@ -122,7 +122,8 @@ def test_weight_decay_reaches_kernels_only(small_params, name):
 def test_gradient_clipping_and_accumulation(small_params):
     big = jax.tree.map(lambda p: jnp.full_like(p, 100.0), small_params)
     clip = optim.create_optimizer(
-        settings.optim(_config(momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0)), optax.constant_schedule(1.0)
+        settings.optim(_config(momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0)),
+        optax.constant_schedule(1.0),
     )
     updates, _ = clip.update(big, clip.init(small_params), small_params)
     # A global norm sums every parameter's square: the float32 bound of its sums.

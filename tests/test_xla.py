@@ -11,7 +11,7 @@ import tolerances
 
 import resnet_jax
 from train import mesh as mesh_lib
-from train import settings, steps
+from train import settings
 
 
 def test_options_only_on_cpu_and_only_when_asked():

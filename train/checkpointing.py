@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import re
@@ -220,7 +219,11 @@ class Checkpointer:
                         workdirs.STATE: ocp.args.StandardSave(serialization.to_state_dict(state)),
                         workdirs.CONFIG: ocp.args.JsonSave(self.config),
                         workdirs.RUN: ocp.args.JsonSave(
-                            {"data": self.data, "preprocessing": self.preprocessing, "progress": progress or {}}
+                            {
+                                "data": self.data,
+                                "preprocessing": self.preprocessing,
+                                "progress": progress or {},
+                            }
                         ),
                         workdirs.DATA: grain.checkpoint.CheckpointSave(data_iterator),
                     }

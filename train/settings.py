@@ -76,7 +76,7 @@ class Length:
 class Run:
     """Length, bookkeeping, stop signals and the source of the first weights."""
 
-    length: Length = Length()
+    length: Length = dataclasses.field(default_factory=Length)
     log_every_steps: int = 20
     eval_every_steps: int = 0  # 0: once per epoch
     checkpoint_every_steps: int = 0  # 0: once per epoch
@@ -100,7 +100,7 @@ class Input:
     train_split: str = "train"
     eval_split: str = ""
     validation_examples: int = 0
-    crop: augment.Crop = augment.Crop()
+    crop: augment.Crop = dataclasses.field(default_factory=augment.Crop)
     policy: policies.Policy | None = None
     erasing: erasing.RandomErasing | None = None
     repeated_augmentations: int = 1
@@ -191,7 +191,9 @@ class Settings:
         parts.append(f"repeated augmentation x{i.repeated_augmentations}")
         mix = self.step.mix
         parts.append(
-            f"mixup {mix.mixup_alpha:g} / cutmix {mix.cutmix_alpha:g} (p {mix.prob:g})" if mix.enabled else "no mixing"
+            f"mixup {mix.mixup_alpha:g} / cutmix {mix.cutmix_alpha:g} (p {mix.prob:g})"
+            if mix.enabled
+            else "no mixing"
         )
         bce = f" (targets > {self.step.bce_threshold:g})" if self.step.bce_threshold > 0 else ""
         parts.append(f"loss {self.step.loss}{bce}, label smoothing {self.step.label_smoothing:g}")
@@ -335,7 +337,9 @@ def policy(config: Any, mean: tuple[float, ...]) -> policies.Policy | None:
     )
 
 
-def random_erasing(config: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> erasing.RandomErasing | None:
+def random_erasing(
+    config: Any, mean: tuple[float, ...], std: tuple[float, ...]
+) -> erasing.RandomErasing | None:
     """``random_erasing``'s eraser, or None when its probability is 0 (its fields checked either way)."""
     eraser = erasing.RandomErasing(
         config.random_erasing,
@@ -449,7 +453,9 @@ def step(config: Any) -> Step:
         label_smoothing=config.label_smoothing,
         loss=config.loss,
         bce_threshold=config.bce_threshold,
-        mix=mixing.MixConfig(config.mixup_alpha, config.cutmix_alpha, config.mix_switch_prob, config.mix_prob),
+        mix=mixing.MixConfig(
+            config.mixup_alpha, config.cutmix_alpha, config.mix_switch_prob, config.mix_prob
+        ),
         ynnpack=config.cpu_ynnpack,
     )
 

@@ -27,6 +27,7 @@ from train.mesh import DATA_AXIS
 from train.settings import EmaRule, Step
 
 Batch = Mapping[str, jax.Array]
+PLAIN = Step()  # no normalisation, mixing, smoothing or EMA: the steps' defaults
 
 
 class TrainState(train_state.TrainState):
@@ -56,7 +57,12 @@ class Ema:
     copy_until: int = -1
 
 
-def ema_schedule(rule: EmaRule, steps_per_epoch: int, total: int, batch_size: int, warmup_epochs: float) -> Ema:
+NO_EMA = Ema()
+
+
+def ema_schedule(
+    rule: EmaRule, steps_per_epoch: int, total: int, batch_size: int, warmup_epochs: float
+) -> Ema:
     """The compiled step's ``Ema`` for ``rule`` (``train.settings.EmaRule``): its decay per
     update, every ``rule.every`` steps of an epoch, in a run of ``total`` steps.
 
@@ -130,7 +136,7 @@ def compute_metrics(
 
 
 def train_step(
-    state: TrainState, batch: Batch, rng: jax.Array, step: Step = Step(), ema: Ema = Ema()
+    state: TrainState, batch: Batch, rng: jax.Array, step: Step = PLAIN, ema: Ema = NO_EMA
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on ``batch`` (``image`` (B, H, W, C), ``label`` (B,)); uint8
     images are normalised with ``step.mean`` and ``step.std`` first (the library's
@@ -196,7 +202,7 @@ def _first_update_from(start: int, ema: Ema) -> int:
     return step
 
 
-def eval_step(state: TrainState, batch: Batch, step: Step = Step(), ema: bool = True) -> dict[str, jax.Array]:
+def eval_step(state: TrainState, batch: Batch, step: Step = PLAIN, ema: bool = True) -> dict[str, jax.Array]:
     """Metric sums over a batch; ``batch['mask']`` (B,) marks padding with 0. uint8 images
     are normalised as in ``train_step``.
 
@@ -213,7 +219,7 @@ def eval_step(state: TrainState, batch: Batch, step: Step = Step(), ema: bool = 
 
 
 def make_steps(
-    mesh: Mesh, step: Step = Step(), ema: Ema = Ema()
+    mesh: Mesh, step: Step = PLAIN, ema: Ema = NO_EMA
 ) -> tuple[Callable[..., tuple[TrainState, dict[str, jax.Array]]], Callable[..., dict[str, jax.Array]]]:
     """The jitted train and eval steps for ``mesh``: replicated, donated state; sharded data;
     uint8 images normalised on the devices with ``step.mean`` and ``step.std``.

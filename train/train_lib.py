@@ -42,7 +42,8 @@ from jax.sharding import Mesh
 
 import resnet_jax
 from train import mesh as mesh_lib
-from train import optim, preemption, settings as settings_lib, steps
+from train import optim, preemption, steps
+from train import settings as settings_lib
 from train.metric_writer import MetricWriter
 from train.settings import Settings
 
@@ -165,7 +166,9 @@ def _set_up(settings: Settings, workdir: str, start_time: float, stack: contextl
     mesh_lib.check_batch_size(settings.input.batch_size, mesh)
     mesh_lib.check_batch_size(settings.input.eval_batch_size, mesh)
     ckpt = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"), settings.run.keep_checkpoints, settings_lib.saved_config(settings)
+        os.path.join(workdir, "checkpoints"),
+        settings.run.keep_checkpoints,
+        settings_lib.saved_config(settings),
     )
     stack.callback(ckpt.close)
     fresh = ckpt.latest_step() is None
@@ -476,7 +479,9 @@ def _write_summary(s: Session, step: int, stopped_by: str | None = None) -> dict
         "wall_s": done["wall_s"],
         "compile_s": done["compile_s"],
         "train_s": done["train_s"],
-        "images_per_s": done["trained_steps"] * s.settings.batch_size / done["train_s"] if done["train_s"] else 0.0,
+        "images_per_s": done["trained_steps"] * s.settings.batch_size / done["train_s"]
+        if done["train_s"]
+        else 0.0,
         "sessions": done["sessions"],
         "devices": s.mesh.devices.size,
     }

@@ -42,9 +42,9 @@ from absl import flags
 
 from resnet_jax.preprocessing import Preprocessing, decode_image
 from train.input_pipeline import augment
+from train.input_pipeline.datasets import Source, create_source
 from train.input_pipeline.erasing import RandomErasing
 from train.input_pipeline.policies import Policy
-from train.input_pipeline.datasets import Source, create_source
 from train.settings import Input
 
 
