@@ -61,7 +61,8 @@ def export_model(
     By default the input is float32 ``(batch, height, width, in_channels)``, already
     normalised: ``image_size`` (a side, or (height, width)), else the preprocessing's
     size. With ``raw_input=(H, W)`` it is uint8 ``(batch, H, W, channels)`` pixels, and
-    ``preprocessing``'s resize, centre crop and normalisation run inside the graph (``resnet_jax.pil_resize``: the same pixels as ``preprocessing.crop``).
+    ``preprocessing``'s resize, centre crop and normalisation run inside the graph
+    (``resnet_jax.pil_resize``: the same pixels as ``preprocessing.crop``).
     ``output`` is ``'logits'`` or ``'probabilities'`` (the softmax).
     """
     bad = sorted(set(platforms) - set(PLATFORMS))
