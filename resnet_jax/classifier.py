@@ -38,7 +38,8 @@ def read_image(path: str, channels: int | None = None) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             data = f.read()
-        return decode_image(data, channels or image_channels(data))
+        found = image_channels(data)  # a file that is no image is named as such first
+        return decode_image(data, channels or found)
     except (OSError, ValueError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ValueError(f"{path}: {reason}") from None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_jax.preprocessing import decode_image
 from train.input_pipeline import augment
 
 
@@ -92,14 +93,14 @@ def test_decode_converts_grayscale_rgba_and_cmyk():
     rgb = _image(8, 8)
     for mode, fmt in (("RGB", "JPEG"), ("L", "JPEG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("RGB", "BMP")):
         data = _encode(rgb, fmt, mode)
-        out = augment.decode_image(data, 3)
+        out = decode_image(data, 3)
         assert out.shape == (8, 8, 3) and out.dtype == np.uint8, mode
         reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32)
         assert np.abs(out - reference).mean() < 2.0, mode
-        assert augment.decode_image(data, 1).shape == (8, 8, 1), mode
+        assert decode_image(data, 1).shape == (8, 8, 1), mode
     for bad in (b"", b"\xff\xd8\xff\xe0 this is not a jpeg", b"GIF89a"):
         with pytest.raises(ValueError, match="not a decodable image"):
-            augment.decode_image(bad, 3)
+            decode_image(bad, 3)
 
 
 def test_preprocess_shapes_and_errors():

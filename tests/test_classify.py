@@ -278,8 +278,14 @@ def test_cli_errors_name_the_file_or_the_source(tiny, photos, tmp_path, capsys):
     Image.fromarray(np.full((40, 50), 99, np.uint8)).save(gray)
     broken.write_bytes(b"\xff\xd8\xff not really a JPEG")
     empty.mkdir()
+    # A grayscale file is no error any more: every reader converts it as the trainer does
+    # (to RGB for this RGB model), so it classifies as the same picture in RGB would.
+    predict.main([f"--weights={tiny}", "--top=1", "--json", str(gray)])
+    rgb = np.repeat(np.asarray(Image.open(gray))[..., None], 3, axis=-1)
+    expected = classifier.Classifier.load(str(tiny))(rgb, top=1)[0]
+    shown = json.loads(capsys.readouterr().out)["top"][0]
+    assert (shown["name"], shown["probability"]) == (expected[0], pytest.approx(expected[1], abs=1e-6))
     cases = [
-        ([f"--weights={tiny}", str(gray)], f"{gray}: the image is grayscale (1 channel), and this model "),
         ([f"--weights={tiny}", str(broken)], f"{broken}: not an image"),
         ([f"--weights={tiny}", str(tmp_path / "nope.jpg")], f"{tmp_path / 'nope.jpg'}: no such file"),
         ([f"--weights={tiny}", str(empty)], f"{empty}: a folder with no image files"),

@@ -140,16 +140,18 @@ def test_the_library_imports_one_way_and_keeps_its_files_short():
     assert not long, long
 
 
-@pytest.mark.parametrize("folder,limit", [("train", 400), ("resnet_jax", 300)])
-def test_no_file_is_over_its_folders_line_limit(folder, limit):
-    # A file a newcomer can read in one sitting: 400 lines in the trainer, 300 in the library.
-    root = pathlib.Path(__file__).resolve().parents[1] / folder
-    long = {
-        str(p.relative_to(root)): n
-        for p in root.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > limit
-    }
-    assert not long, long
+def test_functions_are_kept_short_by_the_linter():
+    # The file-length caps this replaces pushed code into more files; what a newcomer
+    # cannot read is a long function. ruff (run by CI) checks every function in train/ and
+    # resnet_jax/ against McCabe complexity 15 (C901) and 50 statements (PLR0915).
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    lint = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]
+    assert {"C901", "PLR0915"} <= set(lint["select"])
+    assert lint["mccabe"]["max-complexity"] <= 15 and lint["pylint"]["max-statements"] <= 50
+    exempt = {path for path, rules in lint["per-file-ignores"].items() if {"C901", "PLR0915"} & set(rules)}
+    assert not {p for p in exempt if p.startswith(("train/", "resnet_jax/")) and p != "train/configs/*"}
 
 
 def test_ci_constraints_pin_every_requirement_within_the_users_ranges():
