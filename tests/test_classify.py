@@ -304,3 +304,64 @@ def test_cli_errors_name_the_file_or_the_source(tiny, photos, tmp_path, capsys):
         assert exit_info.value.code == 1, argv
         assert captured.err.startswith("error: ") and message in captured.err, (argv, captured.err)
         assert len(captured.err.strip().splitlines()) == 1 and not captured.out, argv
+
+
+def _shapes_and_modes(rng):
+    """A square, a landscape, a portrait and an RGBA image, and a grayscale one."""
+    return [
+        rng.integers(0, 256, (24, 24, 3), np.uint8),
+        rng.integers(0, 256, (30, 52, 3), np.uint8),
+        rng.integers(0, 256, (52, 30, 3), np.uint8),
+        Image.fromarray(rng.integers(0, 256, (40, 32, 4), np.uint8), "RGBA"),
+        rng.integers(0, 256, (20, 28, 1), np.uint8),
+    ]
+
+
+def test_a_workdir_and_its_exports_classify_every_image_alike(tmp_path, tiny, capsys):
+    # One preprocessing and one image policy: a workdir (which resizes its 24x24 images
+    # whole) and its float and raw-input exports score square, landscape, portrait, RGBA
+    # and grayscale images alike, as does a centre-cropping source (tiny: resize 36, crop
+    # 32) and its raw-input export. Each pair runs the same float32 network on the same
+    # uint8 crop; only XLA's fusion of the normalisation into the first convolution
+    # differs (measured below 2e-7), far inside 1e-5.
+    from train import train_lib
+    from train.configs import default
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 3)):
+        for name in ("heron", "otter"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (24, 24, 3), np.uint8)).save(
+                    tmp_path / "data" / split / name / f"{i}.jpg"
+                )
+    # A grayscale JPEG among them: the trainer reads it as RGB, and so must its workdir.
+    gray = tmp_path / "data" / "train" / "otter" / "gray.jpg"
+    Image.fromarray(rng.integers(0, 256, (24, 24), np.uint8), "L").save(gray)
+    config = default.get_config()
+    config.update(
+        dataset="image_folder", data_dir=str(tmp_path / "data"), batch_size=8, num_train_steps=2,
+        eval_every_steps=2, checkpoint_every_steps=2, ema_decay=0.5, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2),
+    )  # fmt: skip
+    workdir = str(tmp_path / "run")
+    train_lib.train_and_evaluate(config, workdir)
+    images, report = _shapes_and_modes(rng), []
+    for source in (workdir, tiny):
+        reference = classifier.Classifier.load(source).probabilities(images)
+        flags = (["--raw-input"], []) if source == workdir else (["--raw-input"],)
+        for extra in flags:
+            artifact = tmp_path / f"{os.path.basename(source)}{len(extra)}.jaxexport"
+            export.main([f"--weights={source}", f"--out={artifact}", "--platforms=cpu", *extra])
+            served = classifier.Classifier.load(str(artifact)).probabilities(images)
+            worst = float(np.abs(served - reference).max())
+            report.append(f"{source} {extra or 'float'}: worst |p difference| {worst:.2e}")
+            assert worst <= 1e-5, (source, extra)
+    capsys.readouterr()
+    with capsys.disabled():
+        print("\n" + "\n".join(report))
+    # The grayscale JPEG, through the workdir that trained on it: as the trainer decodes it.
+    served = classifier.Classifier.load(workdir)
+    from_file = served.probabilities([str(gray)])
+    trainer_view = preprocessing.decode_image(gray.read_bytes(), 3)
+    np.testing.assert_array_equal(from_file, served.probabilities([trainer_view]))
+    assert served([str(gray)], top=1)[0][0][0] in ("heron", "otter")

@@ -83,7 +83,9 @@ def _run(model, ynnpack, steps=3):
     """The trainer's jitted steps on one batch: its HLO, the state and metrics after step 1,
     the eval loss of that state, and the train losses of ``steps`` steps."""
     mesh = mesh_lib.create_mesh(jax.devices()[:1])
-    state = train_steps.create_train_state(model, optax.sgd(0.1, momentum=0.9), (32, 32, 3), jax.random.key(0))
+    state = train_steps.create_train_state(
+        model, optax.sgd(0.1, momentum=0.9), (32, 32, 3), jax.random.key(0)
+    )
     state = mesh_lib.replicate(state, mesh)
     p_train, p_eval = train_steps.make_steps(mesh, settings.Step(ynnpack=ynnpack))
     rng = np.random.default_rng(0)
