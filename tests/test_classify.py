@@ -341,7 +341,8 @@ def test_a_workdir_and_its_exports_classify_every_image_alike(tmp_path, tiny, ca
     config = default.get_config()
     config.update(
         dataset="image_folder", data_dir=str(tmp_path / "data"), batch_size=8, num_train_steps=2,
-        eval_every_steps=2, checkpoint_every_steps=2, ema_decay=0.5, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2),
+        eval_every_steps=2, checkpoint_every_steps=2, ema_decay=0.5, mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.2, 0.2),
     )  # fmt: skip
     workdir = str(tmp_path / "run")
     train_lib.train_and_evaluate(config, workdir)
