@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         export.save(exported, path, {})
         megabytes = os.path.getsize(path) / 1e6
         start = time.perf_counter()
-        logits = np.asarray(export.load(path).call(x))
+        logits = np.asarray(export.load_artifact(path).call(x))
         call_s = time.perf_counter() - start
     reference = np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, x))
     diff, scale = float(np.max(np.abs(logits - reference))), float(np.max(np.abs(reference)))

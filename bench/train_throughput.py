@@ -114,9 +114,9 @@ def time_jax(args: argparse.Namespace) -> dict[str, Any]:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     mesh, fresh_state, batch, rng = _setup(args)
     state = fresh_state()
-    p_train, _ = steps.make_steps(mesh, settings.Step(ynnpack=args.ynnpack == "on"))
+    train_fn, _ = steps.make_steps(mesh, settings.Step(ynnpack=args.ynnpack == "on"))
     start = time.perf_counter()
-    compiled = p_train.lower(state, batch, rng).compile()
+    compiled = train_fn.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -160,8 +160,8 @@ def time_mixing(args: argparse.Namespace) -> dict[str, float]:
     runs = {}
     for name, mix in (("plain", mixing.NO_MIXING), ("mixup+cutmix", mixing.MixConfig(0.2, 1.0))):
         state = fresh_state()
-        p_train, _ = steps.make_steps(mesh, settings.Step(ynnpack=args.ynnpack == "on", mix=mix))
-        compiled = p_train.lower(state, batch, rng).compile()
+        train_fn, _ = steps.make_steps(mesh, settings.Step(ynnpack=args.ynnpack == "on", mix=mix))
+        compiled = train_fn.lower(state, batch, rng).compile()
         holder = {"state": state}
 
         def step(compiled=compiled, holder=holder):

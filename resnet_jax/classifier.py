@@ -114,7 +114,7 @@ class Classifier:
         ``resnet_jax.sources``); ``model`` names the architecture of a bare tag."""
         if os.path.isfile(source) and (source.endswith(".jaxexport") or os.path.exists(source + ".json")):
             return cls.from_artifact(source)
-        loaded = sources.load(source, model=model, ema=ema)
+        loaded = sources.resolve(source, model=model, ema=ema)
         return cls.from_model(
             loaded.model,
             loaded.variables,
@@ -135,7 +135,7 @@ class Classifier:
             raise ValueError(f"{path}: an export artifact needs its .json beside it ({e})") from None
         if "preprocessing" not in meta or "class_names" not in meta:
             raise ValueError(f"{path}.json names no preprocessing or classes (an older export): export again")
-        exported = export.load(path)
+        exported = export.load_artifact(path)
         raw = meta["input"]["dtype"] == "uint8"
         logits = meta["output"].get("meaning") == "logits"
 

@@ -2,7 +2,7 @@ r"""A model and its variables as one serialized ``jax.export`` artifact, for ser
 
 ``python -m resnet_jax.export --weights=SOURCE --out=FILE [--raw-input[=HxW]] [--output=probabilities]``
 
-The weights are those ``--weights`` gives everywhere (``resnet_jax.sources.load``): a
+The weights are those ``--weights`` gives everywhere (``resnet_jax.sources.resolve``): a
 workdir's EMA weights when the run kept them, unless ``--no-ema``.
 
 ``SOURCE`` is a weights tag (``resnet50.torchvision_v1``, or ``torchvision_v1`` with
@@ -38,7 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import cli, pil_resize, sources
+from resnet_jax import pil_resize, sources, user_errors
 from resnet_jax.preprocessing import Preprocessing
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -109,7 +109,7 @@ def save(exported: jax.export.Exported, path: str, metadata: dict[str, Any]) -> 
     os.replace(tmp, path)
 
 
-def load(path: str) -> jax.export.Exported:
+def load_artifact(path: str) -> jax.export.Exported:
     """The artifact written by ``save``; ``.call(images)`` runs it."""
     with open(path, "rb") as f:
         return jax.export.deserialize(bytearray(f.read()))
@@ -127,7 +127,7 @@ def _size(text: str, flag: str) -> tuple[int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = cli.Parser(prog="python -m resnet_jax.export", description=__doc__.split("\n\n")[1])
+    parser = user_errors.Parser(prog="python -m resnet_jax.export", description=__doc__.split("\n\n")[1])
     parser.add_argument("--weights", required=True, help="a weights tag, a converted directory or a workdir")
     parser.add_argument("--model", default=None, help="a resnet_jax model name (needed for a bare tag)")
     parser.add_argument("--out", required=True, help="the artifact's path (a new file)")
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if os.path.exists(args.out):
             raise FileExistsError(f"--out={args.out} exists; it is left untouched. Choose a new path.")
-        loaded = sources.load(args.weights, model=args.model, ema=False if args.no_ema else None)
+        loaded = sources.resolve(args.weights, model=args.model, ema=False if args.no_ema else None)
         prep, shape = loaded.preprocessing, sources.shape_overrides(loaded.variables)
         raw = None
         if args.raw_input is not None:
@@ -186,9 +186,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
         save(exported, args.out, metadata)
     except Exception as e:
-        if not cli.is_user_error(e):
+        if not user_errors.is_user_error(e):
             raise
-        cli.fail(str(e))
+        user_errors.fail(str(e))
     shown = " x ".join(str(d) for d in metadata["input"]["shape"])
     print(
         f"wrote {os.path.abspath(args.out)} ({os.path.getsize(args.out):,} bytes) and its .json: "

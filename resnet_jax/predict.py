@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from resnet_jax import cli
+from resnet_jax import user_errors
 from resnet_jax.classifier import Classifier
 from resnet_jax.preprocessing import IMAGE_EXTENSIONS
 
@@ -44,7 +44,7 @@ def image_files(paths: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = cli.Parser(prog="python -m resnet_jax.predict", description=__doc__.split("\n\n")[1])
+    parser = user_errors.Parser(prog="python -m resnet_jax.predict", description=__doc__.split("\n\n")[1])
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and folders")
     parser.add_argument("--weights", required=True, help="tag, converted dir, workdir or artifact")
     parser.add_argument("--model", default=None, help="the model of a bare weights tag (e.g. resnet50)")
@@ -60,9 +60,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         classifier = Classifier.load(args.weights, model=args.model, ema=False if args.no_ema else None)
         _run(classifier, files, args)
     except Exception as e:
-        if not cli.is_user_error(e):
+        if not user_errors.is_user_error(e):
             raise
-        cli.fail(str(e))
+        user_errors.fail(str(e))
 
 
 def _run(classifier: Classifier, files: list[str], args: Any) -> None:

@@ -38,9 +38,9 @@ def create_model(name: str, weights: str | None = None, **overrides: Any) -> Any
         an unknown weights tag (listing the valid ones).
     """
     if weights is None:
-        return registry.create_model(name, **overrides)
+        return registry.build_model(name, **overrides)
     entry = get_weights(name, weights)
-    model = registry.create_model(name, **{"num_classes": entry.num_classes, **overrides})
+    model = registry.build_model(name, **{"num_classes": entry.num_classes, **overrides})
     return model, load_pretrained(entry)
 
 
@@ -91,7 +91,7 @@ def load_pretrained(weights: Weights) -> dict:
     checkpoint (``CACHE/converted/MODEL-TAG``) beside the downloaded file."""
     directory = os.path.join(cache_dir(), "converted", f"{weights.model}-{weights.tag}")
     if os.path.exists(os.path.join(directory, "metadata.json")):
-        return convert.load(directory)[0]
+        return convert.load_converted(directory)[0]
     path = fetch(weights)
     converters = {"torchvision": convert.from_torchvision, "timm": convert.from_timm}
     if weights.source not in converters:

@@ -73,11 +73,11 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, **overrides: Any) -> Any:
+def build_model(name: str, **overrides: Any) -> Any:
     """Builds the named model; ``overrides`` replace any ``ResNet`` field.
 
-    The models only: ``resnet_jax.create_model`` (``resnet_jax.pretrained``) adds
-    ``weights=``.
+    The architecture only, by its registered name: the public ``resnet_jax.create_model``
+    (``resnet_jax.pretrained``) calls this, and adds ``weights=``.
 
     Raises:
       ValueError: for an unknown name (suggesting the closest ones) or an unknown field.

@@ -8,7 +8,7 @@ A SOURCE is one of:
 - a directory written by ``python -m resnet_jax.convert``: its ``metadata.json`` names the
   model, the classes and the preprocessing;
 - a training workdir of ``python -m train.main`` (or its ``checkpoints`` directory): the
-  newest step, with the EMA weights when the run kept them (``load``'s ``ema``); its saved
+  newest step, with the EMA weights when the run kept them (``resolve``'s ``ema``); its saved
   config names the model, and its saved ``run`` item the class names and the evaluation
   ``Preprocessing`` the trainer used (the library does not rebuild it from the trainer's
   fields, except for checkpoints saved before runs kept it).
@@ -58,7 +58,9 @@ def tag_entry(source: str, model: str | None = None) -> weights.Weights | None:
     return None
 
 
-def load(source: str, model: str | None = None, ema: bool | None = None, label: str = "--weights") -> Loaded:
+def resolve(
+    source: str, model: str | None = None, ema: bool | None = None, label: str = "--weights"
+) -> Loaded:
     """The model and variables of ``source`` (see the module docstring). ``model`` names
     the architecture where the source does not (a bare tag), or checks it where it does.
 
@@ -71,7 +73,7 @@ def load(source: str, model: str | None = None, ema: bool | None = None, label: 
     Raises ``ValueError`` naming the source (as ``label=SOURCE``) and what it may be.
     """
     if model is not None and model not in registry.list_models():
-        registry.create_model(model)  # raises, naming the closest names
+        registry.build_model(model)  # raises, naming the closest names
     path = os.path.expanduser(source)
     if os.path.isfile(os.path.join(path, "metadata.json")):
         return _converted(path, model)
@@ -88,7 +90,7 @@ def load(source: str, model: str | None = None, ema: bool | None = None, label: 
         raise ValueError(f"{label}={source!r}: no such file or directory, and not a weights tag. {hint}")
     return Loaded(
         name=entry.model,
-        model=registry.create_model(entry.model, num_classes=entry.num_classes),
+        model=registry.build_model(entry.model, num_classes=entry.num_classes),
         variables=pretrained.load_pretrained(entry),
         preprocessing=entry.preprocessing,
         class_names=entry.categories,
@@ -113,7 +115,7 @@ def _check_model(model: str | None, found: str, source: str) -> None:
 
 
 def _converted(directory: str, model: str | None) -> Loaded:
-    variables, meta = convert.load(directory)
+    variables, meta = convert.load_converted(directory)
     name = meta.get("model") or model
     if name is None:
         raise ValueError(f"{directory}/metadata.json names no model: pass --model")
@@ -136,7 +138,7 @@ def _converted(directory: str, model: str | None) -> Loaded:
     what = f"{meta.get('source', 'converted')}: {meta.get('weights') or meta.get('url') or '?'}"
     return Loaded(
         name=name,
-        model=registry.create_model(name, **shape, **meta.get("overrides", {})),
+        model=registry.build_model(name, **shape, **meta.get("overrides", {})),
         variables=variables,
         preprocessing=preprocessing,
         class_names=list(names),
@@ -197,7 +199,7 @@ def _workdir(path: str, model: str | None, ema: bool | None, label: str) -> Load
     names = data.get("class_names") or classes.numbered(shape["num_classes"])
     return Loaded(
         name=name,
-        model=registry.create_model(name, **shape),
+        model=registry.build_model(name, **shape),
         variables=variables,
         preprocessing=preprocessing,
         class_names=[str(n) for n in names],

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.registry import create_model, list_models
+from resnet_jax.registry import build_model, list_models
 
 
 def count_params(variables: Any) -> int:
@@ -47,7 +47,7 @@ def summarize(
 ) -> str:
     """Returns the summary text for registered model ``name``."""
     overrides = {} if num_classes is None else {"num_classes": num_classes}
-    model = create_model(name, **overrides)
+    model = build_model(name, **overrides)
     size = image_size or (32 if model.stem == "cifar" else 224)
     x = jnp.zeros((batch_size, size, size, model.in_channels), jnp.float32)
     table = model.tabulate(
@@ -79,7 +79,7 @@ def table_rows(names: list[str]) -> Iterator[str]:
     yield "| model | input | params | GFLOPs | G multiply-adds |"
     yield "|---|---|---|---|---|"
     for name in names:
-        model = create_model(name)
+        model = build_model(name)
         size = 32 if model.stem == "cifar" else 224
         x = jax.ShapeDtypeStruct((1, size, size, model.in_channels), jnp.float32)
         variables = jax.eval_shape(lambda x, model=model: model.init(jax.random.key(0), x, train=False), x)

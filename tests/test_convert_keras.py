@@ -142,7 +142,7 @@ def test_a_converted_keras_net_classifies_as_keras_with_its_preprocess_input(ker
         ]
     )
     capsys.readouterr()
-    loaded = sources.load(str(tmp_path / "c"))
+    loaded = sources.resolve(str(tmp_path / "c"))
     prep = dataclasses.replace(loaded.preprocessing, size=(64, 64), resize_size=73)  # the Keras net's input
     classifier = Classifier.from_model(loaded.model, loaded.variables, prep, loaded.class_names)
     photos = [

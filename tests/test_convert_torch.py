@@ -173,7 +173,7 @@ def test_cli_writes_an_orbax_checkpoint_with_metadata(tmp_path, monkeypatch, cap
     cli.main(
         ["--source=torchvision", "--model=resnet18", f"--weights={tmp_path / 'r18.pth'}", f"--out={out}"]
     )
-    variables, metadata = convert.load(str(out))
+    variables, metadata = convert.load_converted(str(out))
     _compare(torch_model, variables, "resnet18")
     assert metadata["sha256"] == weights.sha256_of(str(tmp_path / "r18.pth"))
     assert metadata["source"] == "torchvision" and metadata["num_classes"] == 7
@@ -199,7 +199,9 @@ def test_cli_writes_an_orbax_checkpoint_with_metadata(tmp_path, monkeypatch, cap
             f"--out={tmp_path / 'u'}",
         ]
     )
-    assert (tmp_path / "cache" / "r18.pth").exists() and convert.load(str(tmp_path / "u"))[1]["url"] == url
+    assert (tmp_path / "cache" / "r18.pth").exists() and convert.load_converted(str(tmp_path / "u"))[1][
+        "url"
+    ] == url
 
 
 def test_cli_refuses_a_pickled_payload_and_writes_nothing(tmp_path, capsys):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import resnet_jax.cli
+import resnet_jax.user_errors
 from train import checkpointing, main, settings, train_lib
 from train.configs import default, finetune_cifar
 from train.input_pipeline import datasets
@@ -184,7 +184,7 @@ def test_a_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
 
 def _cli(module, *args, cwd=REPO):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop(resnet_jax.cli.TRACEBACK_ENV, None)
+    env.pop(resnet_jax.user_errors.TRACEBACK_ENV, None)
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -217,7 +217,7 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
         ("resnet_jax.convert", ["--source=torch", *convert], "invalid choice: 'torch'"),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop(resnet_jax.cli.TRACEBACK_ENV, None)
+    env.pop(resnet_jax.user_errors.TRACEBACK_ENV, None)
     procs = []
     for i, (module, args, expected) in enumerate(cases):
         if module == "train.main" and not any(a.startswith("--workdir") for a in args):
@@ -253,7 +253,7 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
 
 
 def test_only_errors_raised_by_the_projects_own_code_lose_their_traceback():
-    from resnet_jax import cli
+    from resnet_jax import user_errors
 
     def raised(fn):
         try:
@@ -261,9 +261,9 @@ def test_only_errors_raised_by_the_projects_own_code_lose_their_traceback():
         except Exception as e:
             return e
 
-    assert cli.is_user_error(raised(lambda: datasets.image_folder_source("/nonexistent")))
-    assert cli.is_user_error(raised(lambda: settings.choice("optimizer", "x", ("sgd",))))
+    assert user_errors.is_user_error(raised(lambda: datasets.image_folder_source("/nonexistent")))
+    assert user_errors.is_user_error(raised(lambda: settings.choice("optimizer", "x", ("sgd",))))
     # The same types raised inside a library are unexpected: their traceback stays.
-    assert not cli.is_user_error(raised(lambda: np.reshape(np.zeros(3), (2, 2))))
-    assert not cli.is_user_error(raised(lambda: json.loads("{")))
-    assert not cli.is_user_error(raised(lambda: [][1]))
+    assert not user_errors.is_user_error(raised(lambda: np.reshape(np.zeros(3), (2, 2))))
+    assert not user_errors.is_user_error(raised(lambda: json.loads("{")))
+    assert not user_errors.is_user_error(raised(lambda: [][1]))

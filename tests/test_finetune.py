@@ -97,7 +97,7 @@ def test_restore_reinitialises_a_new_head_and_refuses_other_mismatches(tmp_path)
     dst = jax.jit(resnet_jax.create_model("resnet20", num_classes=5).init)(
         jax.random.key(2), jnp.zeros((1, 8, 8, 3))
     )
-    params, stats, report = finetune.restore(str(tmp_path / "src"), dst["params"], dst["batch_stats"])
+    params, stats, report = finetune.restore_from(str(tmp_path / "src"), dst["params"], dst["batch_stats"])
     print("\n" + report)
     assert "re-initialised 2" in report and "params/head/kernel (source (64, 10), model (64, 5))" in report
     np.testing.assert_array_equal(params["stem_conv"]["kernel"], src["params"]["stem_conv"]["kernel"])
@@ -113,7 +113,7 @@ def test_restore_reinitialises_a_new_head_and_refuses_other_mismatches(tmp_path)
         match=r"params/stem_conv/kernel has shape \(3, 3, 3, 16\) in the source but "
         r"\(3, 3, 1, 16\) in the model",
     ):
-        finetune.restore(str(tmp_path / "src"), gray["params"], gray["batch_stats"])
+        finetune.restore_from(str(tmp_path / "src"), gray["params"], gray["batch_stats"])
 
 
 def test_classify_and_init_from_a_workdir_start_from_the_same_weights(tmp_path):
@@ -132,7 +132,7 @@ def test_classify_and_init_from_a_workdir_start_from_the_same_weights(tmp_path):
 
     for no_ema, expected in ((False, ema), (True, live)):
         served = resnet_jax.Classifier.load(str(tmp_path / "source"), ema=False if no_ema else None)
-        loaded = resnet_jax.sources.load(str(tmp_path / "source"), ema=False if no_ema else None)
+        loaded = resnet_jax.sources.resolve(str(tmp_path / "source"), ema=False if no_ema else None)
         assert ("live weights" if no_ema else "EMA weights") in served.description
         # The trainer with init_from and a learning rate of 0: its first checkpoint holds the
         # weights it started from (the head has the same 10 classes, so all are restored).
@@ -228,7 +228,7 @@ def test_finetune_imagenet_resnet50_config_end_to_end_on_mock_flowers(tmp_path, 
     for k, v in traverse_util.flatten_dict(state["batch_stats"]).items():
         np.testing.assert_array_equal(v, traverse_util.flatten_dict(source["batch_stats"])[k], err_msg=str(k))
     # Served from the workdir: the TFDS dataset's label names, the config's evaluation crop.
-    served = resnet_jax.sources.load(str(tmp_path / "run"))
+    served = resnet_jax.sources.resolve(str(tmp_path / "run"))
     assert served.class_names == tfds.builder("tf_flowers").info.features["label"].names
     assert served.preprocessing.describe() == (
         "resize 256 (bilinear, antialiased), centre crop 224, "

@@ -231,14 +231,14 @@ _EIGHT_DEVICES = textwrap.dedent(
         state = steps.create_train_state(model, tx, (8, 8, 3), jax.random.key(0))
         state = mesh_lib.replicate(state, mesh)
         params = jax.device_get(state.params)
-        p_train, p_eval = steps.make_steps(mesh)
+        train_fn, eval_fn = steps.make_steps(mesh)
         losses = []
         for i, b in enumerate(batches):
             key = mesh_lib.replicate(jax.random.key(1), mesh)
-            state, m = p_train(state, mesh_lib.shard_batch(b, mesh), key)
+            state, m = train_fn(state, mesh_lib.shard_batch(b, mesh), key)
             losses.append(float(m["loss"]) / float(m["count"]))
             if i == 0:
-                ev = p_eval(state, mesh_lib.shard_batch({**b, "mask": np.ones(16, np.float32)}, mesh))
+                ev = eval_fn(state, mesh_lib.shard_batch({**b, "mask": np.ones(16, np.float32)}, mesh))
                 first = (jax.tree.map(np.subtract, jax.device_get(state.params), params),
                          jax.device_get(state.batch_stats), float(ev["loss"]) / 16)
         results.append((losses, *first))
@@ -279,13 +279,13 @@ _EIGHT_DEVICES = textwrap.dedent(
         tx = optax.sgd(0.1, momentum=0.9)
         state = steps.create_train_state(model, tx, (8, 8, 3), jax.random.key(0))
         state = mesh_lib.replicate(state, mesh)
-        p_train, _ = steps.make_steps(
+        train_fn, _ = steps.make_steps(
             mesh, settings.Step(mix=mixing.MixConfig(mixup_alpha=0.2, cutmix_alpha=1.0), loss="bce"))
         losses = []
         for i in range(10):
             b = batches[i % 3]
             key = mesh_lib.replicate(jax.random.key(1), mesh)
-            state, m = p_train(state, mesh_lib.shard_batch(b, mesh), key)
+            state, m = train_fn(state, mesh_lib.shard_batch(b, mesh), key)
             losses.append(float(m["loss"]) / float(m["count"]))
         mixed.append(np.asarray(losses))
     worst = np.max(np.abs(mixed[1] - mixed[0]) / mixed[0])

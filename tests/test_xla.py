@@ -87,7 +87,7 @@ def _run(model, ynnpack, steps=3):
         model, optax.sgd(0.1, momentum=0.9), (32, 32, 3), jax.random.key(0)
     )
     state = mesh_lib.replicate(state, mesh)
-    p_train, p_eval = train_steps.make_steps(mesh, settings.Step(ynnpack=ynnpack))
+    train_fn, eval_fn = train_steps.make_steps(mesh, settings.Step(ynnpack=ynnpack))
     rng = np.random.default_rng(0)
     batch = mesh_lib.shard_batch(
         {
@@ -97,18 +97,18 @@ def _run(model, ynnpack, steps=3):
         mesh,
     )
     key = mesh_lib.replicate(jax.random.key(1), mesh)
-    hlo = p_train.lower(state, batch, key).compile().as_text()
+    hlo = train_fn.lower(state, batch, key).compile().as_text()
     params = jax.device_get(state.params)
     losses = []
     for step in range(steps):
-        state, metrics = p_train(state, batch, key)
+        state, metrics = train_fn(state, batch, key)
         losses.append(float(metrics["loss"]) / float(metrics["count"]))
         if step == 0:
             mask = mesh_lib.shard_batch({"m": np.ones(8, np.float32)}, mesh)["m"]
             first = {
                 "update": jax.tree.map(np.subtract, jax.device_get(state.params), params),
                 "batch_stats": jax.device_get(state.batch_stats),
-                "eval_loss": float(p_eval(state, {**batch, "mask": mask})["loss"]) / 8,
+                "eval_loss": float(eval_fn(state, {**batch, "mask": mask})["loss"]) / 8,
             }
     return hlo, first, losses
 

@@ -4,7 +4,7 @@
 registered weights tag of the model (``torchvision_v1``, or ``resnet50.torchvision_v1``),
 a directory written by ``python -m resnet_jax.convert``, or a training workdir (its
 newest checkpoint, with its EMA weights when the run kept them unless
-``init_from_ema=False``). ``restore`` takes every matching array from it; a head of another size (or
+``init_from_ema=False``). ``restore_from`` takes every matching array from it; a head of another size (or
 any head, with ``reinit_head``) is re-initialised; any other shape mismatch is an error
 that names the path and both shapes. It returns a report, which the trainer prints.
 
@@ -31,7 +31,7 @@ def _tag_model(init_from: str, model: str | None) -> str | None:
     return None
 
 
-def restore(
+def restore_from(
     init_from: str,
     params: Any,
     batch_stats: Any,
@@ -41,7 +41,7 @@ def restore(
 ) -> tuple[Any, Any, str]:
     """``params``/``batch_stats`` with every matching array taken from ``init_from``.
 
-    ``init_from`` is resolved by the library's one resolver, ``resnet_jax.sources.load``,
+    ``init_from`` is resolved by the library's one resolver, ``resnet_jax.sources.resolve``,
     the same that ``python -m resnet_jax.predict --weights`` uses, so the same string
     gives the same weights: a workdir gives its EMA weights when the run kept them
     (``ema=None``; the trainer's ``init_from_ema=True``), or its live ones (``ema=False``).
@@ -52,7 +52,7 @@ def restore(
     (in the source only).
     """
     try:
-        loaded = sources.load(init_from, model=_tag_model(init_from, model), ema=ema)
+        loaded = sources.resolve(init_from, model=_tag_model(init_from, model), ema=ema)
     except ValueError as e:
         raise ValueError(f"init_from={init_from!r}: {e}") from None
     source, where = loaded.variables, loaded.description

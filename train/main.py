@@ -6,7 +6,7 @@ into ./runs/default. Run it from the repository root.
 
 A mistake in the command (an unknown flag, config file or field, a bad value, missing
 data, a refused resume) prints one ``error: ...`` line on stderr and exits with status 1;
-an unexpected failure keeps its traceback (``resnet_jax.cli``; set RESNET_JAX_TRACEBACK=1
+an unexpected failure keeps its traceback (``resnet_jax.user_errors``; set RESNET_JAX_TRACEBACK=1
 to see the traceback of a user error too). A run stopped by a signal saves the step it
 reached and exits with status 75 (``train.preemption``); a finished run exits with 0.
 """
@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import cli
+from resnet_jax import user_errors
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 FLAGS = flags.FLAGS
@@ -164,7 +164,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        cli.fail(f"{e} ({_HELP})")
+        user_errors.fail(f"{e} ({_HELP})")
 
 
 def _field_error(error: BaseException) -> str:
@@ -184,13 +184,13 @@ def run() -> None:
     try:
         _define_flags()
     except (AttributeError, KeyError) as e:
-        cli.fail(_field_error(e))
+        user_errors.fail(_field_error(e))
     try:
         app.run(main, flags_parser=_parse_flags)
     except Exception as e:
-        if not cli.is_user_error(e):
+        if not user_errors.is_user_error(e):
             raise
-        cli.fail(str(e))
+        user_errors.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -241,7 +241,7 @@ def _initial_state(
     state = steps.create_train_state(model, tx, data.image_shape, rng, ema=ema)
     if not (settings.run.init_from and fresh):
         return state
-    params, batch_stats, report = finetune.restore(
+    params, batch_stats, report = finetune.restore_from(
         settings.run.init_from,
         state.params,
         state.batch_stats,

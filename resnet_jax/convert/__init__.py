@@ -9,14 +9,20 @@ source framework; the source arrives as arrays.
 - ``timm``: ``from_timm``;
 - ``keras``: ``from_keras`` (Keras applications, v1 and V2);
 - ``files``: reading weight files safely (``load_state_dict``, ``keras_h5_weights``)
-  and converted weights on disk (``save``, ``load``).
+  and converted weights on disk (``save``, ``load_converted``).
 
 This package sits above the model definitions and below ``resnet_jax.pretrained``,
 which downloads, converts and caches: it imports neither that nor the catalogue.
 """
 
 from resnet_jax.convert._target import Variables
-from resnet_jax.convert.files import UnsafeWeightsError, keras_h5_weights, load, load_state_dict, save
+from resnet_jax.convert.files import (
+    UnsafeWeightsError,
+    keras_h5_weights,
+    load_converted,
+    load_state_dict,
+    save,
+)
 from resnet_jax.convert.keras import KERAS_BN_EPSILON, from_keras, keras_preprocessing, keras_weights
 from resnet_jax.convert.timm import from_timm
 from resnet_jax.convert.torchvision import from_torchvision, to_torchvision
@@ -31,7 +37,7 @@ __all__ = [
     "keras_h5_weights",
     "keras_preprocessing",
     "keras_weights",
-    "load",
+    "load_converted",
     "load_state_dict",
     "save",
     "to_torchvision",

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from resnet_jax import cli, convert, pretrained, weights
+from resnet_jax import convert, pretrained, user_errors, weights
 from resnet_jax.registry import list_models
 
 SOURCES = ("torchvision", "timm", "keras")
@@ -57,17 +57,17 @@ def _read(source: str, path: str, model: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Runs the tool; a user error prints one ``error:`` line and exits 1 (``resnet_jax.cli``)."""
+    """Runs the tool; a user error prints one ``error:`` line and exits 1 (``resnet_jax.user_errors``)."""
     try:
         _main(argv)
     except Exception as e:
-        if not cli.is_user_error(e):
+        if not user_errors.is_user_error(e):
             raise
-        cli.fail(str(e))
+        user_errors.fail(str(e))
 
 
 def _main(argv: list[str] | None) -> None:
-    parser = cli.Parser(prog="python -m resnet_jax.convert", description=__doc__.split("\n\n")[1])
+    parser = user_errors.Parser(prog="python -m resnet_jax.convert", description=__doc__.split("\n\n")[1])
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("--model", required=True, help="a resnet_jax model name")
     parser.add_argument("--weights", required=True, help="a file, a URL or a registered tag")

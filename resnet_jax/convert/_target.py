@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnet_jax.registry import create_model
+from resnet_jax.registry import build_model
 
 Variables = dict[str, Any]
 
@@ -27,7 +27,7 @@ class Target:
 
     def __init__(self, model_name: str, num_classes: int, **overrides: Any):
         self.model_name = model_name
-        self.model = create_model(model_name, num_classes=num_classes, **overrides)
+        self.model = build_model(model_name, num_classes=num_classes, **overrides)
         size = 32 if self.model.stem == "cifar" else 64
         x = jnp.zeros((1, size, size, self.model.in_channels))
         shapes = jax.eval_shape(lambda: self.model.init(jax.random.key(0), x, train=False))

@@ -137,7 +137,7 @@ def save(variables: Variables, metadata: Mapping[str, Any], out: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load(directory: str) -> tuple[Variables, dict[str, Any]]:
+def load_converted(directory: str) -> tuple[Variables, dict[str, Any]]:
     """The variables and metadata written by ``save`` (or ``python -m resnet_jax.convert``)."""
     import json
 
