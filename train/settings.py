@@ -204,6 +204,13 @@ class Settings:
         return "recipe: " + "; ".join(parts)
 
 
+def _take(cls: type, config: Any, **computed: Any) -> Any:
+    """``cls`` with each field read from the config field of the same name, except those
+    ``computed`` here."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in computed]
+    return cls(**{name: config[name] for name in names}, **computed)
+
+
 def _positive(config: Any, *fields: str, minimum: int = 1) -> None:
     for field in fields:
         if config[field] < minimum:
@@ -269,19 +276,7 @@ def run(config: Any) -> Run:
     preemption.parse(config.stop_signals)
     if not 0 <= config.seed < 2**32:
         raise ValueError(f"config.seed={config.seed} must be in [0, 2**32)")
-    return Run(
-        length=length(config),
-        log_every_steps=config.log_every_steps,
-        eval_every_steps=config.eval_every_steps,
-        checkpoint_every_steps=config.checkpoint_every_steps,
-        keep_checkpoints=config.keep_checkpoints,
-        stop_signals=config.stop_signals,
-        seed=config.seed,
-        prefetch=config.prefetch,
-        init_from=config.init_from.strip(),
-        init_from_ema=config.init_from_ema,
-        reinit_head=config.reinit_head,
-    )
+    return _take(Run, config, length=length(config), init_from=config.init_from.strip())
 
 
 def crop(config: Any) -> augment.Crop:
@@ -360,25 +355,16 @@ def data(config: Any) -> Input:
         raise ValueError(f"config.std={std} must be > 0 per channel")
     if not 0 <= config.seed < 2**32:
         raise ValueError(f"config.seed={config.seed} must be in [0, 2**32)")
-    return Input(
-        dataset=config.dataset,
-        data_dir=config.data_dir,
-        manual_dir=config.manual_dir,
+    return _take(
+        Input,
+        config,
         classes=_ints(config, "classes", "0,3,7"),
-        train_split=config.train_split,
-        eval_split=config.eval_split,
-        validation_examples=config.validation_examples,
         crop=crop(config),
         policy=policy(config, mean),
         erasing=random_erasing(config, mean, std),
-        repeated_augmentations=config.repeated_augmentations,
         mean=mean,
         std=std,
-        batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size or config.batch_size,
-        input_workers=config.input_workers,
-        input_threads=config.input_threads,
-        seed=config.seed,
     )
 
 
@@ -409,28 +395,13 @@ def optim(config: Any) -> Optim:
             raise ValueError(f"config.{field}={config[field]} must be >= 0 (0: that part does not move)")
     if not 0.0 < config.layer_decay <= 1.0:
         raise ValueError(f"config.layer_decay={config.layer_decay} must be in (0, 1] (1: off)")
-    return Optim(
-        optimizer=config.optimizer,
+    return _take(
+        Optim,
+        config,
         learning_rate=peak_learning_rate(config),
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        decay_biases=config.decay_biases,
-        lr_schedule=config.lr_schedule,
-        lr_min=config.lr_min,
-        warmup_epochs=config.warmup_epochs,
-        warmup_start_factor=config.warmup_start_factor,
-        warmup_prefix=config.warmup_prefix,
-        lr_unit=config.lr_unit,
         lr_boundaries=_ints(config, "lr_boundaries", "32000,48000"),
         lr_boundary_epochs=_floats(config, "lr_boundary_epochs"),
-        lr_decay_factor=config.lr_decay_factor,
-        grad_clip_norm=config.grad_clip_norm,
-        grad_accum_steps=config.grad_accum_steps,
         freeze=config.freeze.strip(),
-        freeze_batch_stats=config.freeze_batch_stats,
-        head_lr_multiplier=config.head_lr_multiplier,
-        backbone_lr_multiplier=config.backbone_lr_multiplier,
-        layer_decay=config.layer_decay,
     )
 
 
