@@ -102,9 +102,13 @@ def test_create_model_with_weights_fetches_converts_and_caches(tmp_path, monkeyp
     import numpy as np
 
     jax.tree.map(np.testing.assert_array_equal, again, variables)
-    # train's init_from takes the same tag, through the same cache.
+    # train's init_from takes the same tag, through the same cache and the same resolver
+    # (finetune's own resolver, _load_source, is gone: restore_from calls sources.resolve).
     from train import finetune
 
-    restored, where = finetune._load_source("torchvision_v1", "resnet18")
-    assert "resnet18 torchvision_v1" in where
-    jax.tree.map(np.testing.assert_array_equal, restored, variables)
+    head = variables["params"]["head"]
+    params, stats, report = finetune.restore_from(
+        "torchvision_v1", variables["params"], variables["batch_stats"], "resnet18"
+    )
+    assert "resnet18.torchvision_v1" in report and head["kernel"].shape == (512, 1000)
+    jax.tree.map(np.testing.assert_array_equal, {"params": params, "batch_stats": stats}, variables)
