@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_jax import preprocessing
 from resnet_jax.preprocessing import decode_image
 from train.input_pipeline import augment
 
@@ -64,28 +65,28 @@ def test_random_flip_flips_half_the_time():
 
 def test_resize_skips_same_size_keeps_dtype_and_switches_filter():
     image = _image(16, 16)
-    assert augment.resize(image, (16, 16)) is image
+    assert preprocessing.resize(image, (16, 16)) is image
     for antialias in (True, False):
-        out = augment.resize(image, (8, 12), antialias)
+        out = preprocessing.resize(image, (8, 12), antialias)
         assert out.shape == (8, 12, 3) and out.dtype == np.uint8
     gray = _image(16, 16, 1)
-    assert augment.resize(gray, (8, 8)).shape == (8, 8, 1)
-    assert augment.resize(gray, (8, 8), antialias=False).shape == (8, 8, 1)
+    assert preprocessing.resize(gray, (8, 8)).shape == (8, 8, 1)
+    assert preprocessing.resize(gray, (8, 8), antialias=False).shape == (8, 8, 1)
     # Shrinking noise 8x: the antialiased filter averages ~64 pixels into each output, plain
     # bilinear only ~4, so far more of the noise survives it.
     noise = _image(256, 256)
-    assert augment.resize(noise, (32, 32), True).std() < 15
-    assert augment.resize(noise, (32, 32), False).std() > 25
+    assert preprocessing.resize(noise, (32, 32), True).std() < 15
+    assert preprocessing.resize(noise, (32, 32), False).std() > 25
 
 
 def test_resize_and_center_crop():
-    centre = augment.resize_and_center_crop(_image(60, 90), 48)
+    centre = preprocessing.resize_and_center_crop(_image(60, 90), 48)
     assert centre.shape == (48, 48, 3) and centre.dtype == np.uint8
     flat = np.full((60, 90, 3), 100, np.uint8)
-    np.testing.assert_array_equal(augment.resize_and_center_crop(flat, 48), 100)
+    np.testing.assert_array_equal(preprocessing.resize_and_center_crop(flat, 48), 100)
     # Resize to 48/0.875 = 54.9 -> 55 on the short side; the crop is its central 48.
     ramp = np.tile(np.arange(90, dtype=np.uint8)[None, :, None], (60, 1, 3))
-    out = augment.resize_and_center_crop(ramp, 48)[0, :, 0].astype(float)
+    out = preprocessing.resize_and_center_crop(ramp, 48)[0, :, 0].astype(float)
     assert np.all(np.diff(out) > 0) and abs(out.mean() - 44.5) < 1.0
 
 
@@ -159,7 +160,7 @@ def test_inception_crop_draws_torchvisions_distribution_and_pixels():
     functional = pytest.importorskip("torchvision.transforms.functional")
     for seed in range(5):
         top, left, ch, cw = augment.inception_crop_window(h, w, np.random.default_rng(seed))
-        ours_pixels = augment.resize(image, (224, 224), True, box=(top, left, ch, cw))
+        ours_pixels = preprocessing.resize(image, (224, 224), True, box=(top, left, ch, cw))
         reference = functional.resized_crop(Image.fromarray(image), top, left, ch, cw, [224, 224])
         np.testing.assert_array_equal(ours_pixels, np.asarray(reference))
 
@@ -184,18 +185,20 @@ def test_train_crop_and_eval_resize_equal_torchvisions(interpolation):
     for h, w in ((375, 500), (500, 333), (301, 457), (200, 150)):
         image = np.asarray(Image.fromarray(_image(h // 10, w // 10, seed=h)).resize((w, h), Image.BICUBIC))
         top, left, ch, cw = augment.inception_crop_window(h, w, rng)
-        ours = augment.resize(image, (176, 176), True, box=(top, left, ch, cw), interpolation=interpolation)
+        ours = preprocessing.resize(
+            image, (176, 176), True, box=(top, left, ch, cw), interpolation=interpolation
+        )
         theirs = functional.resized_crop(Image.fromarray(image), top, left, ch, cw, [176, 176], mode)
         np.testing.assert_array_equal(ours, np.asarray(theirs))
         for size, resize_size in ((224, 232), (224, 0), (176, 200)):
-            ours = augment.resize_and_center_crop(image, size, resize_size, interpolation)
+            ours = preprocessing.resize_and_center_crop(image, size, resize_size, interpolation)
             reference = transforms.Compose(
                 [transforms.Resize(resize_size or int(size / 0.875), mode), transforms.CenterCrop(size)]
             )(Image.fromarray(image))
             what = f"{h}x{w}, crop {size}, resize {resize_size}"
             np.testing.assert_array_equal(ours, np.asarray(reference), err_msg=what)
     # A resize below the crop size pads with zeros, as CenterCrop does.
-    small = augment.resize_and_center_crop(_image(20, 30), 32, 24, interpolation)
+    small = preprocessing.resize_and_center_crop(_image(20, 30), 32, 24, interpolation)
     reference = transforms.Compose([transforms.Resize(24, mode), transforms.CenterCrop(32)])(
         Image.fromarray(_image(20, 30))
     )

@@ -250,6 +250,11 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
     assert (
         json.loads((resumed / "summary.json").read_text())["steps"] == 2
     )  # the refused resume changed nothing
+    # --print_config: the checked config, each field with where its value came from; no run.
+    proc = _cli("train.main", "--config=train/configs/cifar10.py", "--config.seed=3", "--print_config")
+    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[1:] if line.strip()}
+    assert proc.returncode == 0 and rows["seed"] == ["3", "command", "line"], proc.stdout + proc.stderr
+    assert rows["num_train_steps"] == ["64000", "file"] and rows["model"] == ["'resnet20'", "default"]
 
 
 def test_only_errors_raised_by_the_projects_own_code_lose_their_traceback():

@@ -91,3 +91,15 @@ def test_the_run_says_its_recipe_and_a_length_from_the_command_line_says_what_it
         in (capsys.readouterr().out)
     )
     assert settings.check(config).run.length.total_steps(100) == 7
+
+
+def test_print_config_lists_every_field_with_its_value_and_origin():
+    from train.configs import cifar10
+
+    config = cifar10.get_config()
+    config.seed = 3  # as --config.seed=3 sets it
+    rows = {line.split()[0]: line for line in main.config_table(config, {"seed"}).splitlines()}
+    assert set(rows) == set(default.get_config())
+    assert rows["seed"].split()[1:] == ["3", "command", "line"]
+    assert rows["num_train_steps"].split()[1:] == ["64000", "file"]
+    assert rows["dtype"].split()[1:] == ["'float32'", "default"]
