@@ -176,3 +176,23 @@ def test_ci_constraints_pin_every_requirement_within_the_users_ranges():
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{name} is not pinned in .ci/constraints.txt"
         assert requirement.specifier.contains(pins[name], prereleases=True), (text, pins[name])
+
+
+def test_the_trainer_has_no_re_export_layers():
+    # Each name is imported from the module that defines it: train_lib (the loop) imports
+    # optim, steps and mesh as modules and holds none of their functions or classes, and
+    # input_pipeline's package module holds nothing but its docstring.
+    import inspect
+
+    from train import input_pipeline, train_lib
+
+    borrowed = [
+        name
+        for name, value in vars(train_lib).items()
+        if (inspect.isfunction(value) or inspect.isclass(value))
+        and (getattr(value, "__module__", "") or "").startswith("train.")
+        and value.__module__ != "train.train_lib"
+    ]
+    assert borrowed == []
+    names = [n for n in vars(input_pipeline) if not n.startswith("__")]
+    assert all(inspect.ismodule(getattr(input_pipeline, n)) for n in names), names  # submodules only

@@ -42,10 +42,8 @@ from jax.sharding import Mesh
 
 import resnet_jax
 from train import mesh as mesh_lib
-from train import optim, preemption, steps
+from train import metric_writer, optim, preemption, steps
 from train import settings as settings_lib
-from train.metric_writer import MetricWriter
-from train.settings import Settings
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -115,7 +113,7 @@ class Clock:
 class Session:
     """What one call of ``train_and_evaluate`` works with, once set up."""
 
-    settings: Settings
+    settings: settings_lib.Settings
     workdir: str
     mesh: Mesh
     ckpt: Any  # train.checkpointing.Checkpointer
@@ -131,7 +129,7 @@ class Session:
     finished: dict[str, Any] | None  # the summary of a run already complete
     train_fn: Callable[..., Any] | None = None
     eval_fn: Callable[..., Any] | None = None
-    writer: MetricWriter | None = None
+    writer: metric_writer.MetricWriter | None = None
     bar: Any = None
     evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     eval_metrics: dict[str, float] | None = None
@@ -142,7 +140,7 @@ class Session:
         return "ema" if self.settings.ema.enabled else "live"
 
 
-def _run(settings: Settings, workdir: str, start_time: float) -> dict[str, Any]:
+def _run(settings: settings_lib.Settings, workdir: str, start_time: float) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         session = _set_up(settings, workdir, start_time, stack)
         if session.finished is not None:
@@ -156,7 +154,9 @@ def _run(settings: Settings, workdir: str, start_time: float) -> dict[str, Any]:
     return _finish(session, stopped, signals.name)
 
 
-def _set_up(settings: Settings, workdir: str, start_time: float, stack: contextlib.ExitStack) -> Session:
+def _set_up(
+    settings: settings_lib.Settings, workdir: str, start_time: float, stack: contextlib.ExitStack
+) -> Session:
     """The mesh, checkpointer, data, state and input stream, restored from the newest
     readable checkpoint; each closed by ``stack``."""
     from train import checkpointing
@@ -200,7 +200,7 @@ def _set_up(settings: Settings, workdir: str, start_time: float, stack: contextl
     )  # fmt: skip
 
 
-def _duration(settings: Settings, total: int, data: Any) -> str:
+def _duration(settings: settings_lib.Settings, total: int, data: Any) -> str:
     """The run's steps and the field that set them, as one line; an error for 0 steps."""
     field, batch = settings.run.length.field, settings.batch_size
     if total < 1:
@@ -215,7 +215,11 @@ def _duration(settings: Settings, total: int, data: Any) -> str:
 
 
 def _initial_state(
-    settings: Settings, data: Any, learning_rate_fn: Callable[[int], Any], rng: jax.Array, fresh: bool
+    settings: settings_lib.Settings,
+    data: Any,
+    learning_rate_fn: Callable[[int], Any],
+    rng: jax.Array,
+    fresh: bool,
 ) -> steps.TrainState:
     """The model, its optimizer and its first weights: random, or ``init_from``'s for a
     fresh run (a resumed one restores its own next)."""
@@ -310,7 +314,7 @@ def _announce(session: Session, stack: contextlib.ExitStack) -> None:
             )
         print(session.duration, flush=True)
         print(s.describe_recipe() + f"; evaluating the {session.eval_weights} weights", flush=True)
-    session.writer = MetricWriter(session.workdir, session.start_step)
+    session.writer = metric_writer.MetricWriter(session.workdir, session.start_step)
     stack.callback(session.writer.close)
     session.evals = [r for r in session.writer.records if r["split"] == "eval"]
     ema = steps.ema_schedule(
