@@ -178,8 +178,12 @@ class Settings:
     optim: Optim
     step: Step
     ema: EmaRule
-    batch_size: int
     config_json: str
+
+    @property
+    def batch_size(self) -> int:
+        """The global batch, over all devices and processes."""
+        return self.input.batch_size
 
     def describe_recipe(self) -> str:
         """One line: the recipe this run trains with."""
@@ -439,16 +443,13 @@ def check(config: Any) -> Settings:
     unknown = sorted(set(config) - set(_default_fields()))
     if unknown:
         raise ValueError(f"config has fields the trainer does not know: {', '.join(unknown)}")
-    data_settings = data(config)
-    optim_settings = optim(config)
     return Settings(
         model=model(config),
         run=run(config),
-        input=data_settings,
-        optim=optim_settings,
+        input=data(config),
+        optim=optim(config),
         step=step(config),
         ema=ema(config),
-        batch_size=config.batch_size,
         config_json=config.to_json_best_effort(),
     )
 
