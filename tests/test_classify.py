@@ -22,7 +22,17 @@ from PIL import Image
 
 import resnet_jax
 import resnet_jax.sources
-from resnet_jax import classes, classifier, convert, export, pil_resize, predict, preprocessing, weights
+from resnet_jax import (
+    classes,
+    classifier,
+    convert,
+    export,
+    pil_resize,
+    predict,
+    preprocessing,
+    weights,
+    workdirs,
+)
 from resnet_jax.preprocessing import Preprocessing
 
 CIFAR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -366,3 +376,29 @@ def test_a_workdir_and_its_exports_classify_every_image_alike(tmp_path, tiny, ca
     trainer_view = preprocessing.decode_image(gray.read_bytes(), 3)
     np.testing.assert_array_equal(from_file, served.probabilities([trainer_view]))
     assert served([str(gray)], top=1)[0][0][0] in ("heron", "otter")
+
+
+def test_a_workdir_saved_before_runs_kept_their_preprocessing_still_serves(tmp_path, monkeypatch):
+    # Checkpoints written before the trainer saved its evaluation Preprocessing (their run
+    # item has none) are served with the one rebuilt from their saved config, which is the
+    # same transform.
+    from train import checkpointing, train_lib
+    from train.configs import default
+
+    config = default.get_config()
+    config.update(num_train_steps=2, checkpoint_every_steps=2, eval_every_steps=2, image_size=12)
+    train_lib.train_and_evaluate(config, str(tmp_path / "new"))
+    with monkeypatch.context() as m:
+        m.setattr(checkpointing.Checkpointer, "__setattr__", _keep_empty_preprocessing)
+        train_lib.train_and_evaluate(config, str(tmp_path / "old"))
+    for name, kept in (("new", True), ("old", False)):
+        with workdirs.Workdir(str(tmp_path / name)) as workdir:
+            assert bool(workdir.item(2, workdirs.RUN).get("preprocessing")) == kept
+    new, old = (resnet_jax.sources.resolve(str(tmp_path / name)) for name in ("new", "old"))
+    assert new.preprocessing == old.preprocessing
+    assert new.preprocessing.size == (12, 12) and new.preprocessing.mean == (0.5,)
+
+
+def _keep_empty_preprocessing(self, name, value):
+    """A Checkpointer that saves no preprocessing, as those before this change did."""
+    object.__setattr__(self, name, {} if name == "preprocessing" else value)
