@@ -9,8 +9,15 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
+    # One flat ConfigDict, filled by section (each function below sets its fields, one per line).
     config = ml_collections.ConfigDict()
+    for section in (_model, _data, _optimisation, _fine_tuning, _bookkeeping):
+        section(config)
+    return config
 
+
+def _model(config: ml_collections.ConfigDict) -> None:
+    """The network."""
     # Model: any name from resnet_jax.list_models().
     config.model = "resnet20"
     config.dtype = "float32"  # 'bfloat16': bf16 compute, float32 params and BN statistics
@@ -18,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.drop_path_rate = 0.0  # stochastic depth at the last block, 0 at the first (timm's rule)
     config.zero_init_last = False  # start each block's last BN scale at 0 (Goyal et al. 2017; timm's)
 
+
+def _data(config: ml_collections.ConfigDict) -> None:
+    """The dataset, its augmentation and its loader."""
     # Data: 'digits' (bundled), 'image_folder' (data_dir/train/CLASS/*, data_dir/test/CLASS/*)
     # or any TFDS image-classification dataset name (cifar10, mnist, imagenet2012, ...).
     config.dataset = "digits"
@@ -60,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
     # CPU only: compile the steps with XLA's YNNPACK kernels (resnet_jax.xla); False = XLA's own.
     config.cpu_ynnpack = True
 
+
+def _optimisation(config: ml_collections.ConfigDict) -> None:
+    """The optimizer, its schedule, the loss and the EMA."""
     # Optimisation.
     config.batch_size = 64  # global, over all devices and processes
     config.eval_batch_size = 0  # 0 = batch_size
@@ -97,6 +110,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.ema_adjust = False
     config.ema_copy_during_warmup = False  # True: the EMA copies the weights until the warmup ends
 
+
+def _fine_tuning(config: ml_collections.ConfigDict) -> None:
+    """Where the first weights come from, and what trains."""
     # Fine-tuning: init_from in train/finetune.py; freezing and lr groups in train/optim.py.
     # Any --weights string of resnet_jax.predict: a weights tag, a `python -m resnet_jax.convert`
     # output dir, or a workdir (its newest step), resolved by the same function.
@@ -109,6 +125,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.backbone_lr_multiplier = 1.0
     config.layer_decay = 1.0  # < 1: lr * layer_decay**k for the part k steps below the head
 
+
+def _bookkeeping(config: ml_collections.ConfigDict) -> None:
+    """Logging, evaluation, checkpoints, stop signals and the seed."""
     # Bookkeeping.
     config.log_every_steps = 20
     config.eval_every_steps = 0  # 0 = once per epoch
@@ -118,4 +137,3 @@ def get_config() -> ml_collections.ConfigDict:
     # status 75, train/preemption.py); these comma-separated names too, e.g. 'SIGUSR2,SIGHUP'.
     config.stop_signals = ""
     config.seed = 0
-    return config
