@@ -67,8 +67,7 @@ def raw_input_for(image: np.ndarray, preprocessing: Preprocessing, raw_size: tup
     not, as the weights' own source does. For another ``raw_size`` the image is resized
     to cover it and centre-cropped (close, not equal, for images of another shape)."""
     prep = preprocessing
-    identity = (prep.resize_size,) * 2 if prep.resize_size else prep.size
-    if tuple(raw_size) != tuple(identity):
+    if tuple(raw_size) != prep.identity_size:
         return image if image.shape[:2] == tuple(raw_size) else _fit(image, raw_size)
     crop = prep.crop(image)
     canvas = np.zeros((*raw_size, crop.shape[-1]), np.uint8)

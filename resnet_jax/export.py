@@ -153,8 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.raw_input is not None:
             # The default is the size at which the graph's resize is the identity, so that
             # resnet_jax.Classifier gives every image the source's exact preprocessing.
-            default = (prep.resize_size,) * 2 if prep.resize_size else prep.size
-            raw = _size(args.raw_input, "--raw-input") if args.raw_input else default
+            raw = _size(args.raw_input, "--raw-input") if args.raw_input else prep.identity_size
         size = _size(args.image_size, "--image-size") if args.image_size else prep.size
         exported = export_model(
             loaded.model,

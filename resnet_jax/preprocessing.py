@@ -256,6 +256,13 @@ class Preprocessing:
         """The model input of several images: float32 (N, height, width, channels)."""
         return np.stack([self(image) for image in images])
 
+    @property
+    def identity_size(self) -> tuple[int, int]:
+        """The (height, width) an image must have for the resize to change nothing: a
+        square of ``resize_size``, or ``size`` when the whole image is resized. A raw-input
+        export takes this size by default (``resnet_jax.export``)."""
+        return (self.resize_size, self.resize_size) if self.resize_size else self.size
+
     def describe(self) -> str:
         filt = f"{self.interpolation}{', antialiased' if self.antialias else ''}"
         h, w = self.size

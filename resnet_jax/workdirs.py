@@ -78,7 +78,7 @@ def _reason(error: BaseException) -> str:
 
 
 class Workdir:
-    """A workdir's checkpoints, read-only: ``with Workdir(path) as w: w.load_variables()``."""
+    """A workdir's checkpoints, read-only: ``with Workdir(path) as w: w.variables()``."""
 
     def __init__(self, path: str):
         self.directory = checkpoint_dir(path)

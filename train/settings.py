@@ -227,6 +227,12 @@ def _probability(config: Any, *fields: str) -> None:
             raise ValueError(f"config.{field}={config[field]} is a probability: it must be in [0, 1]")
 
 
+def _seed(config: Any) -> None:
+    """The run's seed seeds grain's index shuffle and per-record generators, and JAX."""
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"config.seed={config.seed} must be in [0, 2**32)")
+
+
 def _floats(config: Any, field: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in config[field])
@@ -277,9 +283,7 @@ def length(config: Any) -> Length:
 def run(config: Any) -> Run:
     _positive(config, "log_every_steps", "keep_checkpoints")
     _positive(config, "eval_every_steps", "checkpoint_every_steps", "prefetch", minimum=0)
-    preemption.parse(config.stop_signals)
-    if not 0 <= config.seed < 2**32:
-        raise ValueError(f"config.seed={config.seed} must be in [0, 2**32)")
+    preemption.parse(config.stop_signals)  # the seed is checked with the data, which it shuffles first
     return _take(Run, config, length=length(config), init_from=config.init_from.strip())
 
 
@@ -354,11 +358,10 @@ def random_erasing(
 def data(config: Any) -> Input:
     _positive(config, "batch_size", "input_threads", "repeated_augmentations")
     _positive(config, "input_workers", "eval_batch_size", "validation_examples", minimum=0)
+    _seed(config)
     mean, std = _floats(config, "mean"), _floats(config, "std")
     if any(s <= 0 for s in std):
         raise ValueError(f"config.std={std} must be > 0 per channel")
-    if not 0 <= config.seed < 2**32:
-        raise ValueError(f"config.seed={config.seed} must be in [0, 2**32)")
     return _take(
         Input,
         config,
