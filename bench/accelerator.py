@@ -44,6 +44,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import traceback
 from typing import Any
 
 from bench import input_pipeline as input_bench
@@ -70,9 +71,16 @@ def _throughput_args(model: str, image_size: int, batch: int, dtype: str, smoke:
     )
 
 
+def _report(label: str, name: str, r: dict[str, Any]) -> None:
+    """One measurement as soon as it is taken: a call stopped at its limit keeps it."""
+    figures = ", ".join(f"{k} {r[k]:.4g}" for k in ("images_per_s", "step_s", "compile_s") if k in r)
+    print(f"  {label}: {name}: {figures or r.get('error')}", flush=True)
+
+
 def _step_row(label: str, args: argparse.Namespace, torch_too: bool, smoke: bool) -> dict[str, Any]:
     """resnet_jax's step and, with ``torch_too``, PyTorch's eager and compiled steps."""
     row: dict[str, Any] = {"case": label, "resnet_jax": train_throughput.time_jax(args)}
+    _report(label, "resnet_jax", row["resnet_jax"])
     if torch_too:
         # torch.compile needs minutes and a C++ toolchain on a CPU: not in smoke mode.
         for name, compiled in (("torch_eager", False), ("torch_compile", True)):
@@ -82,6 +90,7 @@ def _step_row(label: str, args: argparse.Namespace, torch_too: bool, smoke: bool
                 row[name] = train_throughput.time_torch(args, compiled)
             except Exception as e:
                 row[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            _report(label, name, row[name])
         rates = [
             row[k]["images_per_s"]
             for k in ("torch_eager", "torch_compile")
@@ -101,7 +110,7 @@ def part_resnet50(opts: argparse.Namespace) -> list[dict[str, Any]]:
             True,
             opts.smoke,
         )
-        for dtype in ("bfloat16", "float32")
+        for dtype in opts.dtypes
     ]
 
 
@@ -114,7 +123,7 @@ def part_resnet20(opts: argparse.Namespace) -> list[dict[str, Any]]:
             True,
             opts.smoke,
         )
-        for dtype in ("bfloat16", "float32")
+        for dtype in opts.dtypes
     ]
     for batch in (16,) if opts.smoke else (256, 512, 1024, 2048, 4096):
         args = _throughput_args("resnet20", 32, batch, "bfloat16", opts.smoke)
@@ -275,7 +284,23 @@ def part_trainer(opts: argparse.Namespace) -> dict[str, Any]:
             else []
         )
         result.update(finished=False, newest_checkpoint=steps[-1] if steps else None, tail=out[-1500:])
+        last = _last_eval(os.path.join(workdir, "metrics.jsonl"))
+        if last:
+            result.update(last_eval_step=last["step"], last_eval_error_pct=100 * (1 - last["top1"]))
     return result
+
+
+def _last_eval(metrics_path: str) -> dict[str, Any] | None:
+    """The newest evaluation record the trainer wrote, if any."""
+    if not os.path.exists(metrics_path):
+        return None
+    last = None
+    with open(metrics_path) as f:
+        for line in f:
+            record = json.loads(line)
+            if record.get("split") == "eval" and "top1" in record:
+                last = record
+    return last
 
 
 def environment() -> dict[str, str]:
@@ -334,6 +359,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"| {r['workers']} | {r['images_per_s']:,.0f} | {r.get('binds', '-')} |" for r in results["input"]
         ]
+    for key, error in results.get("errors", {}).items():
+        lines.append(f"\n{key}: FAILED: {error.splitlines()[0][:300]}")
     for key in (k for k in results if k.startswith("trainer")):
         t = results[key]
         name = key if key == "trainer" else f"trainer {t.get('config', key)}"
@@ -344,11 +371,29 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{t['images_per_s']:,.0f} train images/s, last call {t['call_wall_s']:.0f}s"
             )
         else:
+            at = (
+                f"; test error {t['last_eval_error_pct']:.2f}% at step {t['last_eval_step']}"
+                if "last_eval_step" in t
+                else ""
+            )
             lines.append(
                 f"\n{name}: not finished this call ({t['call_wall_s']:.0f}s); newest checkpoint "
-                f"{t.get('newest_checkpoint')}; rerun to resume"
+                f"{t.get('newest_checkpoint')}{at}; rerun to resume"
             )
     return "\n".join(lines)
+
+
+def _run_part(part: str, opts: argparse.Namespace, results: dict[str, Any]) -> Any:
+    if part == "resnet50":
+        return part_resnet50(opts)
+    if part == "resnet20":
+        return part_resnet20(opts)
+    if part == "parity":
+        return part_parity(opts)
+    if part == "input":
+        bf16 = next((r for r in results.get("resnet50", []) if "bfloat16" in r["case"]), None)
+        return part_input(opts, bf16["resnet_jax"]["images_per_s"] if bf16 else None)
+    return part_trainer(opts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="a directory for results.json and the trainer's run")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps: a CPU check")
+    parser.add_argument(
+        "--dtypes", default="bfloat16,float32", help="compute dtypes of the resnet50/resnet20 parts"
+    )
     parser.add_argument("--cifar-archive", default=input_bench.DEFAULT_ARCHIVE)
     parser.add_argument("--trainer-budget-s", type=float, default=480.0, help="stop the trainer after this")
     parser.add_argument(
@@ -373,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
         parser.error(f"--parts={opts.parts!r}: unknown {unknown}; valid: {', '.join(PARTS)}")
+    opts.dtypes = [d.strip() for d in opts.dtypes.split(",") if d.strip()]
+    bad = sorted(set(opts.dtypes) - {"bfloat16", "float32"})
+    if bad or not opts.dtypes:
+        parser.error(f"--dtypes={','.join(opts.dtypes)!r}: unknown {bad}; valid: bfloat16, float32")
     os.makedirs(opts.out, exist_ok=True)
     path = os.path.join(opts.out, "results.json")
     results: dict[str, Any] = {}
@@ -384,23 +436,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{results['environment']['device']}; {results['environment']['versions']}", flush=True)
     for part in (p for p in PARTS if p in parts):
         start = time.perf_counter()
-        if part == "resnet50":
-            results[part] = part_resnet50(opts)
-        elif part == "resnet20":
-            results[part] = part_resnet20(opts)
-        elif part == "parity":
-            results[part] = part_parity(opts)
-        elif part == "input":
-            bf16 = next((r for r in results.get("resnet50", []) if "bfloat16" in r["case"]), None)
-            results[part] = part_input(opts, bf16["resnet_jax"]["images_per_s"] if bf16 else None)
-        else:
-            results[trainer_key(opts.trainer_config)] = part_trainer(opts)
+        key = trainer_key(opts.trainer_config) if part == "trainer" else part
+        try:
+            results[key] = _run_part(part, opts, results)
+            results.get("errors", {}).pop(key, None)
+        except Exception as e:  # one broken part must not cost the others' figures
+            traceback.print_exc()
+            results.setdefault("errors", {})[key] = f"{type(e).__name__}: {e}"[:500]
         print(f"{part}: done in {time.perf_counter() - start:.0f}s", flush=True)
         with open(path, "w") as f:
             json.dump(results, f, indent=1)
     print("\n" + markdown(results))
     print(f"\nwrote {path}")
-    return 0
+    return 1 if results.get("errors") else 0
 
 
 if __name__ == "__main__":

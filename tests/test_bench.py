@@ -208,3 +208,43 @@ def test_stop_time_refuses_an_unknown_signal(capsys):
     with pytest.raises(SystemExit):
         stop_time.main(["--signal=SIGFOO"])
     assert "--signal=SIGFOO is not a signal here" in capsys.readouterr().err
+
+
+def test_accelerator_suite_refuses_an_unknown_dtype(capsys):
+    from bench import accelerator
+
+    with pytest.raises(SystemExit):
+        accelerator.main(["--out=/nonexistent", "--parts=resnet50", "--dtypes=bfloat16,fp8"])
+    assert "--dtypes='bfloat16,fp8': unknown ['fp8']; valid: bfloat16, float32" in capsys.readouterr().err
+
+
+def test_accelerator_keeps_the_other_parts_when_one_fails(tmp_path, monkeypatch, capsys):
+    # A GPU call is rare: a part that breaks (a newer jax there, say) must not cost the
+    # figures of the parts after it, and the command says so by its exit status.
+    from bench import accelerator
+
+    def broken(opts):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr(accelerator, "part_resnet50", broken)
+    monkeypatch.setattr(
+        accelerator, "part_parity", lambda opts: {"case": "c", "max_abs_logit_diff": 0.0, "logit_scale": 1.0}
+    )
+    assert accelerator.main([f"--out={tmp_path}", "--parts=resnet50,parity"]) == 1
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["errors"] == {"resnet50": "RuntimeError: no such kernel"}
+    assert results["parity"]["case"] == "c"
+    assert "resnet50: FAILED: RuntimeError: no such kernel" in capsys.readouterr().out
+
+
+def test_accelerator_reports_the_last_evaluation_of_an_unfinished_run(tmp_path):
+    from bench import accelerator
+
+    records = [
+        {"step": 100, "split": "train", "top1": 0.5},
+        {"step": 2000, "split": "eval", "top1": 0.8},
+        {"step": 2100, "split": "train", "top1": 0.9},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert accelerator._last_eval(str(tmp_path / "metrics.jsonl"))["step"] == 2000
+    assert accelerator._last_eval(str(tmp_path / "missing.jsonl")) is None
