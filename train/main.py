@@ -29,14 +29,18 @@ FLAGS = flags.FLAGS
 _HELP = "python -m train.main --print_config lists every config field, its value and where it came from"
 
 
-def _define_flags() -> None:
-    """Defined when the tool runs, not on import: ml_collections reads the ``--config.*``
-    overrides from the command line while defining ``--config``, and a misspelt field
-    must reach ``run``'s error handling."""
-    flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here (default: runs/CONFIG).")
+def define_config_flag() -> None:
+    """``--config`` and its ``--config.FIELD`` overrides. Defined when a tool runs, not on
+    import: ml_collections reads the overrides from the command line while defining
+    ``--config``, and a misspelt field must reach the tool's error handling."""
     config_flags.DEFINE_config_file(
         "config", os.path.join(_CONFIGS, "default.py"), "A train/configs/*.py file.", lock_config=True
     )
+
+
+def _define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here (default: runs/CONFIG).")
+    define_config_flag()
     flags.DEFINE_bool(
         "distributed",
         False,
@@ -53,7 +57,7 @@ def _define_flags() -> None:
     )
 
 
-def _load_config():
+def load_config():
     """The config file with the command line's overrides, and its path."""
     path = FLAGS["config"].config_filename
     file = path.split(":", 1)[0]
@@ -64,11 +68,11 @@ def _load_config():
             f"{', '.join(k for k in known if not k.endswith('__init__.py'))}"
         )
     config = FLAGS.config
-    apply_duration_rule(config, _overridden())
+    apply_duration_rule(config, overridden())
     return config, path
 
 
-def _overridden() -> set[str]:
+def overridden() -> set[str]:
     """The config fields the command line set."""
     return {name.split(".", 1)[1] for name in FLAGS if name.startswith("config.") and FLAGS[name].present}
 
@@ -132,12 +136,12 @@ def main(argv):
 
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-    config, config_path = _load_config()
+    config, config_path = load_config()
     if FLAGS.print_config:
         from train import settings
 
         settings.check(config)  # the same single check a run makes: a bad value is one error line
-        print(f"config {config_path}, checked:\n{config_table(config, _overridden())}")
+        print(f"config {config_path}, checked:\n{config_table(config, overridden())}")
         return
     if FLAGS.coordinator_address or FLAGS.distributed:
         jax.distributed.initialize(
@@ -160,14 +164,14 @@ def main(argv):
         preemption.StopSignals.keep_after_stop = False
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:
         user_errors.fail(f"{e} ({_HELP})")
 
 
-def _field_error(error: BaseException) -> str:
+def field_error(error: BaseException) -> str:
     """ml_collections' message for a misspelt --config.FIELD, without its quoting."""
     while (
         isinstance(error, (AttributeError, KeyError))
@@ -184,9 +188,9 @@ def run() -> None:
     try:
         _define_flags()
     except (AttributeError, KeyError) as e:
-        user_errors.fail(_field_error(e))
+        user_errors.fail(field_error(e))
     try:
-        app.run(main, flags_parser=_parse_flags)
+        app.run(main, flags_parser=parse_flags)
     except Exception as e:
         if not user_errors.is_user_error(e):
             raise

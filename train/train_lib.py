@@ -184,7 +184,7 @@ def _set_up(
     duration = _duration(settings, total, data)
     learning_rate_fn = optim.create_learning_rate_fn(settings.optim, data.steps_per_epoch, total)
     init_rng, step_rng = jax.random.split(jax.random.key(settings.run.seed))
-    state = _initial_state(settings, data, learning_rate_fn, init_rng, fresh)
+    state = initial_state(settings, data, learning_rate_fn, init_rng, fresh)
     batches = mesh_lib.DevicePrefetchIterator(data.train_iterator(), mesh, settings.run.prefetch)
     stack.callback(batches.close)  # grain's worker processes and shared memory
     state, start_step, before = ckpt.restore(mesh_lib.replicate(state, mesh), mesh, batches)
@@ -214,7 +214,7 @@ def _duration(settings: settings_lib.Settings, total: int, data: Any) -> str:
     )
 
 
-def _initial_state(
+def initial_state(
     settings: settings_lib.Settings,
     data: Any,
     learning_rate_fn: Callable[[int], Any],
