@@ -8,6 +8,12 @@ import tempfile
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# The suite runs on the CPU, also where libtpu and XLA's CUDA plugin are installed (CI
+# installs them for tests/test_compile.py, which loads them as compilers only): JAX then
+# initialises neither, so nothing waits for TPU or GPU hardware or a metadata server, and
+# no process prints their start-up notes. Every process a test starts inherits this.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 import jax
 import psutil

@@ -53,7 +53,9 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 _OP = re.compile(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _ARRAY = re.compile(r"\b(pred|s8|u8|s16|u16|s32|u32|s64|u64|f16|bf16|f32|f64)\[([\d,]*)\]")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2}
-_OOM = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
+# libtpu's refusals: "... required for HLO temporaries (47.97G) exceeds available HBM
+# (15.75G)", or "Used 20.5G of 15.75G hbm".
+_OOM = re.compile(r"(?:required for [^(]*\(|Used )([\d.]+)([KMGT])\)? (?:exceeds available HBM|of)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +97,7 @@ class StepReport:
     flops_source: str
     bytes_accessed: float | None
     collectives: Collectives | None = None
+    xla_estimate_s: float | None = None  # libtpu's own estimate of the step's time
 
     @property
     def total_bytes(self) -> int:
@@ -260,7 +263,7 @@ class Compiler:
         report = StepReport(
             name, per_device, compile_s, mem, mem["total"] <= self.target.hbm_bytes, 0.0, "", None
         )
-        if analyse:
+        if analyse and report.fits:
             self._analyse(report, compiled, fn, args)
         return report
 
@@ -272,6 +275,8 @@ class Compiler:
         if cost and cost.get("flops"):
             report.flops, report.flops_source = float(cost["flops"]), "XLA, compiled for the target"
             report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
+            estimate = float(cost.get("optimal_seconds", 0.0))
+            report.xla_estimate_s = estimate if estimate > 0 else None
         else:
             report.flops, report.flops_source = self._unpartitioned_flops(report, args)
             report.bytes_accessed = _optimised_bytes(compiled)
@@ -301,8 +306,8 @@ class Compiler:
 
     def max_batch(self, start: int, granularity: int) -> int:
         """The largest batch per device (a multiple of ``granularity``) whose train step
-        fits: the memory grows about linearly with the batch, so the first guess is that
-        line's, then bisection."""
+        fits. Memory grows about linearly with the batch: two compiles give that line and
+        its guess, steps that double from the guess bracket the answer, bisection ends it."""
         fits: dict[int, bool] = {}
         mem: dict[int, int] = {}
 
@@ -312,29 +317,29 @@ class Compiler:
                 fits[b], mem[b] = r.fits, r.total_bytes
             return fits[b]
 
-        lo, hi = 0, None
-        b = max(granularity, start)
-        if probe(b):
-            lo = b
-            half = max(granularity, b // 2 // granularity * granularity)
-            if half < b and probe(half) and mem[b] > mem[half]:
-                slope = (mem[b] - mem[half]) / (b - half)
-                guess = int((self.target.hbm_bytes - mem[b]) / slope) + b
-                b = max(lo + granularity, guess // granularity * granularity)
-            else:
-                b = 2 * b
-        else:
-            hi = b
-            b = max(granularity, b // 2 // granularity * granularity)
-        while hi is None or hi - lo > granularity:
-            if probe(b):
-                lo = b
-                b = 2 * b if hi is None else (lo + hi) // 2 // granularity * granularity
-            else:
-                hi = b
-                b = (lo + hi) // 2 // granularity * granularity
-            if b <= lo or (hi is not None and b >= hi):
+        g = granularity
+        first = max(g, start // g * g)
+        probe(first)
+        second = max(g, first // 2 // g * g) if first > g else 2 * first
+        probe(second)
+        (b0, m0), (b1, m1) = sorted((b, mem[b]) for b in (first, second))
+        slope = max((m1 - m0) / (b1 - b0), 1.0)
+        guess = max(g, int((self.target.hbm_bytes - m0) / slope + b0) // g * g)
+        lo = max((b for b, ok in fits.items() if ok), default=0)
+        hi = min((b for b, ok in fits.items() if not ok), default=None)
+        step, b = g, guess
+        while hi is None or hi - lo > g:  # gallop from the guess until bracketed
+            if (hi is not None and b >= hi) or b <= lo:
                 break
+            if probe(b):
+                lo, b, step = b, b + step, 2 * step
+            else:
+                hi, b, step = b, max(lo + g, b - step), 2 * step
+        while hi is not None and hi - lo > g:
+            mid = (lo + hi) // 2 // g * g
+            if mid <= lo:
+                break
+            lo, hi = (mid, hi) if probe(mid) else (lo, mid)
         return lo
 
 
@@ -390,7 +395,8 @@ def describe(report: StepReport, compiler: Compiler) -> list[str]:
     lines = [f"{report.name} step, {report.batch_per_device} per device: compiled in {report.compile_s:.1f}s"]
     if "arguments" in m:
         lines.append(
-            f"  memory per device: {_gib(m['total'])} ({_gib(m['arguments'])} arguments + {_gib(m['outputs'])} "
+            f"  memory per device: {_gib(m['total'])} ({_gib(m['arguments'])} arguments + "
+            f"{_gib(m['outputs'])} "
             f"outputs - {_gib(m['alias'])} donated + {_gib(m['temporaries'])} temporaries + "
             f"{_gib(m['code'])} code) of {_gib(t.hbm_bytes)}: {fit}"
         )
@@ -404,17 +410,25 @@ def describe(report: StepReport, compiler: Compiler) -> list[str]:
         f"{report.bytes_accessed / 1e9:.1f} GB accessed" if report.bytes_accessed else "bytes: not counted"
     )
     lines.append(
-        f"  {report.flops / 1e12:.3f} TFLOP per device, {report.flops / report.batch_per_device / 1e9:.2f} GFLOP "
+        f"  {report.flops / 1e12:.3f} TFLOP per device, "
+        f"{report.flops / report.batch_per_device / 1e9:.2f} GFLOP "
         f"per image ({report.flops_source}); {bytes_text}"
     )
     step_s, bound = roofline(report, t)
     line = f"  roofline: >= {step_s * 1e3:.2f} ms per step ({bound}-bound at {t.chip.bf16_tflops:g} TFLOP/s"
-    line += f", {t.chip.hbm_gbps:g} GB/s per chip): <= {report.batch_per_device / step_s:,.0f} images/s per device"
+    line += f", {t.chip.hbm_gbps:g} GB/s per chip): "
+    line += f"<= {report.batch_per_device / step_s:,.0f} images/s per device"
     if report.name == "train":
         line += f"; {compiler.total_steps} steps >= {compiler.total_steps * step_s / 3600:.2f} h"
     lines.append(line)
     if report.bytes_accessed is None:
         lines.append("  (the bytes were not counted: this bound is the FLOPs' alone)")
+    if report.xla_estimate_s:
+        s = report.xla_estimate_s
+        lines.append(
+            f"  the compiler's own estimate: {s * 1e3:.2f} ms per step, "
+            f"{report.batch_per_device / s:,.0f} images/s per device"
+        )
     c = report.collectives
     if c is not None:
         kinds = ", ".join(
@@ -476,10 +490,13 @@ def compile_config(
         "target": target.name,
         "device_kind": target.device_kind,
         "devices": compiler.devices,
+        "hbm_gib": target.hbm_bytes / GIB,
         "total_steps": compiler.total_steps,
         "train": _figures(train, compiler),
     }
-    granularity = 8 if per_device >= 8 else 1
+    # Multiples of 8, or about 1/64 of a large batch: a finer answer costs compiles and
+    # means nothing at that size.
+    granularity = 1 if per_device < 8 else max(8, 2 ** int(math.log2(per_device / 64)))
     if search or not train.fits:
         result["max_batch_per_device"] = compiler.max_batch(per_device, granularity)
         print(
@@ -489,8 +506,9 @@ def compile_config(
         )
     if not train.fits:
         raise ValueError(
-            f"{settings.model.name} at {per_device} per device does not fit on {target.describe()}: the train "
-            f"step needs {_gib(train.total_bytes)} per device, which has {_gib(target.hbm_bytes)}; the largest "
+            f"{settings.model.name} at {per_device} per device does not fit on {target.describe()}: the "
+            f"train step needs {_gib(train.total_bytes)} per device, which has {_gib(target.hbm_bytes)}; "
+            "the largest "
             f"batch that fits is {result['max_batch_per_device']} per device "
             f"(--config.batch_size={result['max_batch_per_device'] * compiler.devices})"
         )
@@ -511,6 +529,7 @@ def _figures(report: StepReport, compiler: Compiler) -> dict[str, Any]:
         "flops": report.flops,
         "flops_source": report.flops_source,
         "bytes_accessed": report.bytes_accessed,
+        "xla_estimate_s": report.xla_estimate_s,
     }
     if report.flops:
         step_s, bound = roofline(report, compiler.target)
