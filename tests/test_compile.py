@@ -143,3 +143,44 @@ def test_cloud_slice_names_map_to_libtpu_topologies():
         targets.create("b200x8")
     # Each chip figure names its source page.
     assert all(chip.source.startswith("https://") for chip in targets.CHIPS.values())
+
+
+COMPILE_FOR_TPU = r"""
+import sys
+from train import targets
+targets.prepare_environment()
+import jax
+device = targets.create("v5e:1x1").devices[0]
+exported = jax.export.deserialize(open(sys.argv[1], "rb").read())
+spec = exported.in_avals[0]
+shape = tuple(4 if not isinstance(d, int) else d for d in spec.shape)
+x = jax.ShapeDtypeStruct(shape, spec.dtype, sharding=jax.sharding.SingleDeviceSharding(device))
+jax.jit(exported.call).lower(x).compile()
+print("compiled for", device.device_kind, shape)
+"""
+
+
+@pytest.mark.parametrize("platforms", ["tpu", "cpu,cuda,tpu"])
+def test_exports_lower_for_tpu_and_compile_there(tmp_path, platforms):
+    from resnet_jax import convert, export
+
+    model = resnet_jax.create_model("resnet20", num_classes=3)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    convert.save(variables, {"model": "resnet20", "crop_size": 32, "resize_size": 36}, tmp_path / "w")
+    for name, flags in (("float", []), ("raw", ["--raw-input"])):
+        out = tmp_path / f"{name}.jaxexport"
+        export.main([f"--weights={tmp_path / 'w'}", f"--out={out}", f"--platforms={platforms}", *flags])
+        metadata = json.loads(out.with_name(out.name + ".json").read_text())
+        assert metadata["platforms"] == platforms.split(","), metadata["platforms"]
+        assert metadata["preprocessing_in_graph"] == (name == "raw")
+        if not HAS_LIBTPU:
+            continue  # lowered for TPU; compiling it there needs libtpu
+        proc = subprocess.run(
+            [sys.executable, "-c", COMPILE_FOR_TPU, str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "compiled for TPU v5 lite" in proc.stdout

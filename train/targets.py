@@ -111,6 +111,9 @@ def prepare_environment() -> None:
     are only loaded as compilers. Quiets libtpu's notes about the TPU it does not find."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ["TPU_SKIP_MDS_QUERY"] = "1"
+    # libtpu locks /tmp/libtpu_lockfile so that one process owns a TPU; compiling needs no
+    # TPU, and two compiles (the test suite's workers, say) may run at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "3")
     os.environ.setdefault("TPU_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
