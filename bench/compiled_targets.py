@@ -58,7 +58,7 @@ def compile_row(
     path = os.path.join(out, f"{name}.json")
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
+            return {"name": name, "wall_s": 0.0, **json.load(f)}
     cmd = [sys.executable, "-m", "train.compile", f"--config=train/configs/{config}.py"]
     cmd += [f"--target={args[0]}", *args[1:], "--noeval", f"--json={path}"]
     cmd += ["--max_batch"] if search else []

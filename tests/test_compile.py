@@ -19,10 +19,19 @@ from train import targets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
-HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+# XLA's CUDA plugin logs a few lines in every process that imports JAX where it is
+# installed, GPU or not; CI installs it into a folder of its own (.ci/run), which only the
+# compile commands below put on their path.
+GPU_COMPILER = os.environ.get("RESNET_JAX_GPU_COMPILER", "")
+HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None or os.path.isdir(
+    os.path.join(GPU_COMPILER, "jax_plugins", "xla_cuda12")
+)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (GPU_COMPILER, REPO) if p)}
 needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed: pip install 'jax[tpu]'")
 needs_cuda_plugin = pytest.mark.skipif(
-    not HAS_CUDA_PLUGIN, reason="XLA's CUDA plugin is not installed: pip install --no-deps jax-cuda12-plugin"
+    not HAS_CUDA_PLUGIN,
+    reason="XLA's CUDA plugin is not installed (pip install --no-deps jax-cuda12-plugin jax-cuda12-pjrt), "
+    "nor in $RESNET_JAX_GPU_COMPILER",
 )
 
 
@@ -36,7 +45,7 @@ def _compile(tmp_path, *flags, config="cifar10"):
         f"--json={out}",
         *flags,
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     report = json.loads(out.read_text()) if out.exists() else None
     return proc, report
 

@@ -22,20 +22,21 @@ from __future__ import annotations
 
 from train import targets
 
-targets.prepare_environment()  # before JAX is imported
+if __name__ == "__main__":  # the command, before JAX is imported; not an importer's process
+    targets.prepare_environment()
 
-import dataclasses  # noqa: E402
-import functools  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
+import dataclasses
+import functools
+import json
+import math
+import re
+import time
+from typing import Any
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-from resnet_jax import user_errors  # noqa: E402
-from train import main as main_lib  # noqa: E402
+from resnet_jax import user_errors
+from train import main as main_lib
 
 FLAGS = flags.FLAGS
 GIB = 2**30

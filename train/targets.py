@@ -187,7 +187,8 @@ def _gpu_target(name: str, gpu: str, count: int) -> Target:
         raise ImportError(
             f"target {name!r} needs XLA's CUDA plugin, the GPU compiler: pip install --no-deps "
             f"jax-cuda12-plugin==JAX_VERSION jax-cuda12-pjrt==JAX_VERSION (about 20 MB; no GPU or "
-            f"CUDA needed) ({type(e).__name__}: {str(e).splitlines()[0]})"
+            f"CUDA needed; add --target=DIR and run with PYTHONPATH=DIR to keep it out of other "
+            f"JAX processes) ({type(e).__name__}: {str(e).splitlines()[0]})"
         ) from e
     devices = topology.devices
     return Target(name, "gpu", tuple(devices), _chip(devices[0].device_kind, name))
