@@ -91,6 +91,21 @@ def test_resnet20_compiles_for_two_deviceless_h100s(tmp_path):
 
 
 @needs_cuda_plugin
+def test_float32_grad_reduction_reduces_a_bf16_models_gradients_in_float32(tmp_path):
+    # By default a bf16 model's gradients are all-reduced in bf16 (half the float32
+    # parameters' bytes); config.float32_grad_reduction sums them in float32.
+    flags = ["--target=h100x2", "--config.dtype=bfloat16", "--noeval"]
+    ratios = {}
+    for option in (False, True):
+        proc, report = _compile(tmp_path, *flags, f"--config.float32_grad_reduction={option}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        train = report["train"]
+        ratios[option] = train["collectives"]["gradient_bytes"] / train["param_bytes"]
+        assert ("bf16" in train["collectives"]["gradient_dtypes"]) is not option
+    assert abs(ratios[False] - 0.5) < 0.05 and abs(ratios[True] - 1.0) < 0.05, ratios
+
+
+@needs_cuda_plugin
 def test_a_config_too_big_for_the_chip_is_one_line_naming_the_largest_batch(tmp_path):
     # ResNet-20 at 131,072 images per GPU (about 185 GiB) needs far more than an H100's 80 GiB.
     flags = ["--target=h100x1", "--config.batch_size=131072", "--train_examples=10000000"]

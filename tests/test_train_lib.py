@@ -317,6 +317,67 @@ def test_eight_devices_reproduce_one_device():
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
 
+_FLOAT32_REDUCTION = textwrap.dedent(
+    """
+    import functools, jax, jax.numpy as jnp, numpy as np, optax, resnet_jax, tolerances
+    from resnet_jax import resnet as resnet_lib
+    from train import mesh as mesh_lib, settings, steps
+    assert jax.device_count() == 8, jax.devices()
+    rng = np.random.default_rng(0)
+    b = {"image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
+         "label": rng.integers(0, 4, 16).astype(np.int32)}
+    out = []
+    for devices, f32 in ((jax.devices()[:1], False), (jax.devices(), True)):
+        # The option's model: BatchNorm averages its statistics over the devices' shares.
+        norm = resnet_lib.BatchNorm
+        if f32:
+            norm = functools.partial(norm, axis_name=steps.DEVICE_AXIS)
+        model = resnet_jax.create_model("resnet20", stage_sizes=(1, 1), num_classes=4, norm=norm)
+        mesh = mesh_lib.create_mesh(devices)
+        tx = optax.sgd(0.1, momentum=0.9)
+        state = mesh_lib.replicate(steps.create_train_state(model, tx, (8, 8, 3), jax.random.key(0)), mesh)
+        params = jax.device_get(state.params)
+        train_fn, _ = steps.make_steps(mesh, settings.Step(float32_grad_reduction=f32))
+        key = mesh_lib.replicate(jax.random.key(1), mesh)
+        state, m = train_fn(state, mesh_lib.shard_batch(b, mesh), key)
+        out.append((float(m["loss"]) / float(m["count"]), float(m["count"]),
+                    jax.tree.map(np.subtract, jax.device_get(state.params), params),
+                    jax.device_get(state.batch_stats)))
+    (l1, n1, u1, s1), (l8, n8, u8, s8) = out
+    assert n1 == n8 == 16
+
+    def rel(a, b):
+        a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    model = resnet_jax.create_model("resnet20", stage_sizes=(1, 1), num_classes=4)
+    forward, backward, _ = tolerances.step_bounds(model, jnp.asarray(b["image"]))
+    checks = [("step 1 loss", abs(l8 - l1) / l1, forward), ("step 1 update", rel(u8, u1), backward),
+              ("step 1 batch stats", rel(s8, s1), forward)]
+    for name, measured, tolerance in checks:
+        print(tolerances.report(name, measured, tolerance))
+        assert measured <= tolerance, name
+    print("OK")
+    """
+)
+
+
+def test_float32_gradient_reduction_computes_the_same_step():
+    # The per-device gradients summed in float32 (config.float32_grad_reduction): on 8
+    # devices, with the statistics of the global batch, the float32 model's step equals
+    # the 1-device step up to the rounding of other summation orders, the bound of the
+    # 8-device test above.
+    env = {
+        **os.environ,
+        "XLA_FLAGS": processes.xla_flags(devices=8),
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+    }
+    proc = subprocess.run([sys.executable, "-c", _FLOAT32_REDUCTION], capture_output=True, text=True, env=env)
+    print(proc.stdout)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
 def _tiny_state(ema=False, dtype=jnp.float32):
     model = resnet_jax.create_model("resnet20", stage_sizes=(1, 1), num_classes=4, dtype=dtype)
     return steps.create_train_state(model, optax.sgd(0.1), (8, 8, 3), jax.random.key(0), ema=ema)

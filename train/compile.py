@@ -294,13 +294,16 @@ class Compiler:
 
         local = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
         state = jax.tree.map(local, args[0])
-        batch = {
-            k: jax.ShapeDtypeStruct((report.batch_per_device, *v.shape[1:]), v.dtype)
-            for k, v in args[1].items()
-        }
+        # Per-device gradients (float32_grad_reduction) need the whole batch's program.
+        whole = report.name == "train" and self.settings.step.float32_grad_reduction
+        size = report.batch_per_device * (self.devices if whole else 1)
+        batch = {k: jax.ShapeDtypeStruct((size, *v.shape[1:]), v.dtype) for k, v in args[1].items()}
         if report.name == "train":
-            fn = functools.partial(steps.train_step, step=self.settings.step, ema=self.ema)
+            fn = functools.partial(
+                steps.train_step, step=self.settings.step, ema=self.ema, devices=self.devices if whole else 1
+            )
             flops, _ = _cpu_flops(fn, state, batch, local(args[2]))
+            flops /= self.devices if whole else 1
         else:
             flops, _ = _cpu_flops(functools.partial(steps.eval_step, step=self.settings.step), state, batch)
         return flops, "XLA, the step lowered for the CPU at the per-device batch"

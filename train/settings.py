@@ -166,6 +166,7 @@ class Step:
     bce_threshold: float = 0.0
     mix: mixing.MixConfig = mixing.NO_MIXING
     ynnpack: bool = True
+    float32_grad_reduction: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,6 +436,7 @@ def step(config: Any) -> Step:
             config.mixup_alpha, config.cutmix_alpha, config.mix_switch_prob, config.mix_prob
         ),
         ynnpack=config.cpu_ynnpack,
+        float32_grad_reduction=bool(config.float32_grad_reduction),
     )
 
 

@@ -28,6 +28,9 @@ from train.settings import EmaRule, Step
 
 Batch = Mapping[str, jax.Array]
 PLAIN = Step()  # no normalisation, mixing, smoothing or EMA: the steps' defaults
+# The vmapped axis of the devices' gradients (Step.float32_grad_reduction), which the
+# model's BatchNorm averages its statistics over (train_lib.initial_state).
+DEVICE_AXIS = "devices"
 
 
 class TrainState(train_state.TrainState):
@@ -136,7 +139,7 @@ def compute_metrics(
 
 
 def train_step(
-    state: TrainState, batch: Batch, rng: jax.Array, step: Step = PLAIN, ema: Ema = NO_EMA
+    state: TrainState, batch: Batch, rng: jax.Array, step: Step = PLAIN, ema: Ema = NO_EMA, devices: int = 1
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on ``batch`` (``image`` (B, H, W, C), ``label`` (B,)); uint8
     images are normalised with ``step.mean`` and ``step.std`` first (the library's
@@ -148,29 +151,55 @@ def train_step(
     ``ema`` moves ``ema_params`` and ``ema_batch_stats`` towards the new values
     (``update_ema``). Returns the new state and the batch's metric sums (see
     ``compute_metrics``).
+
+    With ``step.float32_grad_reduction`` and ``devices`` > 1, each of the ``devices``
+    shares of the batch gets its own gradient (a ``vmap`` over ``DEVICE_AXIS``; the
+    model's BatchNorm averages its statistics over that axis, so they are the global
+    batch's), and the shares are summed in float32: the all-reduce runs on float32 values
+    where a bf16 model's would otherwise run on bf16 ones.
     """
     dropout_rng = jax.random.fold_in(rng, state.step)
     images = preprocessing.normalize(batch["image"], step.mean, step.std)
     images, lam = mixing.mix(jax.random.fold_in(dropout_rng, 1), images, step.mix)
     soft = step.mix.enabled or step.loss != "softmax"
 
-    def loss_fn(params):
+    def loss_fn(params, images, labels, rng, scale):
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
             images,
             train=True,
             mutable=["batch_stats"],
-            rngs={"dropout": dropout_rng},
+            rngs={"dropout": rng},
         )
         if soft:
-            targets = mixing.soft_targets(batch["label"], logits.shape[-1], step.label_smoothing)
+            targets = mixing.soft_targets(labels, logits.shape[-1], step.label_smoothing)
             targets = mixing.mix_targets(targets, lam)
             per_example = mixing.soft_loss(logits, targets, step.loss, step.bce_threshold)
         else:
-            per_example = cross_entropy_loss(logits, batch["label"], step.label_smoothing)
-        return jnp.mean(per_example), (logits, updates["batch_stats"], per_example)
+            per_example = cross_entropy_loss(logits, labels, step.label_smoothing)
+        # A device's share (scale 1 / the global batch) is its part of the global mean.
+        loss = jnp.mean(per_example) if scale is None else jnp.sum(per_example) * scale
+        return loss, (logits, updates["batch_stats"], per_example)
 
-    (_, (logits, batch_stats, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    labels = batch["label"]
+    if step.float32_grad_reduction and devices > 1:
+        share = lambda x: x.reshape(devices, x.shape[0] // devices, *x.shape[1:])  # noqa: E731
+        per_device = lambda p, x, y: grad_fn(  # noqa: E731
+            p, x, y, jax.random.fold_in(dropout_rng, jax.lax.axis_index(DEVICE_AXIS)), 1.0 / labels.shape[0]
+        )
+        (_, (logits, batch_stats, per_example)), grads = jax.vmap(
+            per_device, in_axes=(None, 0, 0), axis_name=DEVICE_AXIS
+        )(state.params, share(images), share(labels))
+        grads = jax.tree.map(
+            lambda g, p: jnp.sum(g.astype(jnp.float32), 0).astype(p.dtype), grads, state.params
+        )
+        batch_stats = jax.tree.map(lambda x: x[0], batch_stats)  # equal on every share
+        logits, per_example = logits.reshape(-1, logits.shape[-1]), per_example.reshape(-1)
+    else:
+        (_, (logits, batch_stats, per_example)), grads = grad_fn(
+            state.params, images, labels, dropout_rng, None
+        )
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema.enabled:
         new_state = update_ema(new_state, state.step, ema)
@@ -231,7 +260,7 @@ def make_steps(
     data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     options = resnet_jax.xla.compiler_options(mesh.devices.flat[0].platform, step.ynnpack)
     train_fn = jax.jit(
-        functools.partial(train_step, step=step, ema=ema),
+        functools.partial(train_step, step=step, ema=ema, devices=mesh.devices.size),
         in_shardings=(replicated, data, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),

@@ -41,6 +41,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import resnet_jax
+from resnet_jax import resnet as resnet_lib
 from train import mesh as mesh_lib
 from train import metric_writer, optim, preemption, steps
 from train import settings as settings_lib
@@ -234,6 +235,9 @@ def initial_state(
         drop_path_rate=m.drop_path_rate,
         zero_init_last=m.zero_init_last,
     )
+    if settings.step.float32_grad_reduction:
+        # Global BatchNorm statistics inside the per-device gradients (steps.train_step).
+        model_kw["norm"] = functools.partial(resnet_lib.BatchNorm, axis_name=steps.DEVICE_AXIS)
     model = resnet_jax.create_model(m.name, **model_kw)
     x = jnp.zeros((1, *data.image_shape), jnp.float32)
     param_shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)["params"]

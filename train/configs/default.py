@@ -80,6 +80,10 @@ def _optimisation(config: ml_collections.ConfigDict) -> None:
     config.learning_rate = 0.1
     config.lr_base_batch_size = 0  # > 0: lr = learning_rate * batch_size / this (Goyal et al. 2017)
     config.momentum = 0.9
+    # True: each device's gradient is summed over the devices in float32, as PyTorch DDP
+    # does. By default a bf16 model's gradients are summed in bf16 (half the bytes; about
+    # 7% error at 256 devices on a ring, BENCHMARKS.md), then cast to the float32 params.
+    config.float32_grad_reduction = False
     config.weight_decay = 5e-4  # never applied to BatchNorm parameters
     config.decay_biases = False  # True: decay biases too (torchvision's recipes; timm's spare them)
     config.lr_schedule = "cosine"  # cosine | piecewise | constant
