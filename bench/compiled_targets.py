@@ -49,7 +49,7 @@ def rows(which: str) -> list[tuple[str, str, tuple[str, ...], bool]]:
         # imagenet_resnet50 first, its largest batch on the v5e-8 only (each compile takes
         # minutes here), then the other presets.
         out += [(f"imagenet_resnet50@{t}", "imagenet_resnet50", (t,), t == "v5e-8") for t in (*TPUS, "v3-8")]
-        out += [(f"{c}@{t}", c, (t,), False) for c in IMAGENET[1:] for t in TPUS]
+        out += [(f"{c}@{t}", c, (t,), False) for t in TPUS for c in IMAGENET[1:]]
     if which in ("all", "cifar"):
         out += [(f"cifar10@{t}", "cifar10", (t,), t == "v5e-1") for t in ("v5e-1", "v6e-1", "v2-8")]
     return out
