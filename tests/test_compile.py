@@ -23,7 +23,16 @@ HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 # installed, GPU or not; CI installs it into a folder of its own (.ci/run), which only the
 # compile commands below put on their path.
 GPU_COMPILER = os.environ.get("RESNET_JAX_GPU_COMPILER", "")
-HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None or os.path.isdir(
+
+
+def _importable(name: str) -> bool:
+    try:  # find_spec raises where the parent package (jax_plugins) is absent
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+HAS_CUDA_PLUGIN = _importable("jax_plugins.xla_cuda12") or os.path.isdir(
     os.path.join(GPU_COMPILER, "jax_plugins", "xla_cuda12")
 )
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (GPU_COMPILER, REPO) if p)}
