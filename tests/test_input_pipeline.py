@@ -233,25 +233,34 @@ def _jpeg(array):
     return buf.getvalue()
 
 
-def test_image_folder_converts_odd_images_and_lists_bad_ones(tmp_path):
+def test_image_folder_converts_odd_images_and_skips_bad_ones_when_read(tmp_path):
     _write_folder(tmp_path)
     config = _config(dataset="image_folder", data_dir=str(tmp_path), image_size=16, batch_size=4, mean=(0.5,))
     data = batching.create_data(settings.data(config))
     assert data.source.class_names == ["cat", "dog"]
-    assert (data.num_train, data.num_eval) == (8 + 3, 4)  # gray, CMYK and RGBA kept
-    assert {s: [p.rsplit("/", 1)[-1] for p in v] for s, v in data.source.skipped.items()} == {
-        "train": ["corrupt.jpg"],
-        "test": ["empty.png"],
-    }
+    # Listed, not decoded: the two bad files are found when read.
+    assert (data.num_train, data.num_eval) == (8 + 4, 4 + 1)
     labels = data.source.splits["train"].labels
-    assert list(labels) == [0] * 4 + [1] * 7
-    batch = next(data.train_iterator())
-    assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.uint8
-    assert sum(b["mask"].sum() for b in data.eval_batches()) == 4
+    assert list(labels) == [0] * 4 + [1] * 8
+    batches = _take(data.train_iterator(), 3)  # one epoch
+    assert all(b["image"].shape == (4, 16, 16, 3) and b["image"].dtype == np.uint8 for b in batches)
+    train = data.source.splits["train"]
+    skipped = {train.path(i) for b in batches for i in b["skipped"] if i >= 0}
+    assert skipped == {str(tmp_path / "train" / "dog" / "corrupt.jpg")}
+    # Evaluation leaves its bad file out; the trainer records the train batches' finds.
+    assert sum(b["mask"].sum() for b in data.eval_batches()) == 4  # empty.png masked out
+    for b in batches:
+        data.undecodable.add("train", b["skipped"])
+    assert data.undecodable.summary() == {
+        "train": [str(tmp_path / "train" / "dog" / "corrupt.jpg")],
+        "test": [str(tmp_path / "test" / "cat" / "empty.png")],
+    }
     # A subset of classes is renumbered from 0.
     only_dog = batching.create_data(settings.data(_config(**{**config.to_dict(), "classes": (1,)})))
-    assert only_dog.source.class_names == ["dog"] and only_dog.num_train == 7
-    # All decodable images are 12x10, so without image_size that is the input size.
+    assert only_dog.source.class_names == ["dog"] and only_dog.num_train == 8
+    assert list(only_dog.source.splits["train"].labels) == [0] * 8
+    # All decodable images are 12x10 (their headers say), so without image_size that is
+    # the input size.
     config.image_size = 0
     assert batching.create_data(settings.data(config)).image_shape == (12, 10, 3)
     (tmp_path / "train" / "cat" / "big.jpg").write_bytes(_jpeg(np.zeros((20, 20, 3), np.uint8)))

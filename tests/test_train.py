@@ -207,6 +207,78 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
     assert not np.array_equal(weights["params"]["head"]["kernel"], averaged["params"]["head"]["kernel"])
 
 
+def _odd_folder(root):
+    """2 classes of 16x16 JPEGs (60 train, 8 test each) and, in train/b, one of each odd
+    file: a JPEG cut short after its header, a PNG named .jpg, a CMYK and a grayscale JPEG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("test", 8)):
+        for label, base in (("a", 60), ("b", 190)):
+            (root / split / label).mkdir(parents=True)
+            for i in range(n):
+                image = np.clip(rng.normal(base, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(image).save(root / split / label / f"{i:02d}.jpg", quality=90)
+    odd, image = root / "train" / "b", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    full = (root / "train" / "b" / "00.jpg").read_bytes()
+    (odd / "truncated.jpg").write_bytes(full[: full.index(b"\xff\xda") + 40])  # header intact
+    Image.fromarray(image).save(odd / "png_inside.jpg", format="PNG")
+    Image.fromarray(image).convert("CMYK").save(odd / "cmyk.jpg")
+    Image.fromarray(image).convert("L").save(odd / "gray.jpg")
+    return root
+
+
+def test_an_image_folder_with_odd_files_trains_names_the_bad_one_once_and_resumes_bitwise(tmp_path):
+    # The folder's listing reads no pixels; the truncated JPEG is found while training,
+    # replaced by the next image of the split each time it is drawn (a choice made by the
+    # files alone), named once, and listed in summary.json. A kill -9 and resume then ends
+    # bit for bit where the uninterrupted run does (as the digits test above, with a grain
+    # worker process reading the files).
+    folder = _odd_folder(tmp_path / "folder")
+    flags = [
+        "--config=train/configs/image_folder.py",
+        f"--config.data_dir={folder}",
+        "--config.batch_size=16",
+        "--config.num_train_steps=30",
+        "--config.eval_every_steps=30",
+        "--config.checkpoint_every_steps=9",
+        "--config.log_every_steps=10",
+        "--config.input_workers=1",
+        "--config.learning_rate=0.02",
+    ]
+    straight = _main(tmp_path / "straight", *flags)
+    output = straight.stdout + straight.stderr
+    truncated = str(folder / "train" / "b" / "truncated.jpg")
+    assert output.count("truncated.jpg") == 1 and f"skipping {truncated}" in output, output[-3000:]
+    assert "skipped undecodable images: 1 of split 'train' (summary.json lists them)" in output
+    summary = _summary(tmp_path / "straight")
+    assert summary["undecodable"] == {"train": [truncated]}
+    assert summary["final"]["count"] == 16
+    # The listing was kept with the run.
+    assert (tmp_path / "straight" / "listing" / "listing.json").is_file()
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "train.main", f"--workdir={killed}", *flags]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "18").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "killed too late: the run had finished"
+    resumed = _main(killed, *flags)
+    start = int(resumed.stdout.split("resuming from the checkpoint at step ")[1].split()[0])
+    assert 18 <= start < 30, start
+    ours, theirs = (
+        traverse_util.flatten_dict(workdirs.load_variables(str(tmp_path / r))[0]) for r in ("killed", "straight")
+    )
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        np.testing.assert_array_equal(ours[k], theirs[k], err_msg="/".join(k))
+    assert _summary(killed)["final"] == summary["final"]
+    assert _summary(killed)["undecodable"] == summary["undecodable"]
+
+
 # `python -m train.main` with TensorFlow made unimportable, as on a host without it: a
 # meta-path finder refuses it. etils probes for TensorFlow with find_spec, which the finder
 # would break, so EPATH_USE_TF=false tells it the answer (on a host without TF it finds none).

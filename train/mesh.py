@@ -83,20 +83,23 @@ class DevicePrefetchIterator(grain.DatasetIterator):
 
     Its state is its parent's state after the last batch it returned, not after the
     batches it holds in advance, so a checkpoint of it (``grain.checkpoint.CheckpointSave``)
-    resumes at the first batch the trainer has not used.
+    resumes at the first batch the trainer has not used. The ``host_keys`` of each batch
+    stay on the host: ``host`` holds those of the batch last returned.
     """
 
-    def __init__(self, parent: grain.DatasetIterator, mesh: Mesh, size: int):
+    def __init__(self, parent: grain.DatasetIterator, mesh: Mesh, size: int, host_keys: tuple[str, ...] = ()):
         super().__init__(parent)
-        self._mesh, self._size = mesh, size
+        self._mesh, self._size, self._host_keys = mesh, size, host_keys
         self._queue: collections.deque = collections.deque()
         self._state = parent.get_state()
+        self.host: dict[str, np.ndarray] = {}
 
     def __next__(self) -> dict[str, jax.Array]:
         while len(self._queue) <= self._size:
-            batch = next(self._parent)
-            self._queue.append((shard_batch(batch, self._mesh), self._parent.get_state()))
-        batch, self._state = self._queue.popleft()
+            batch = dict(next(self._parent))
+            host = {k: batch.pop(k) for k in self._host_keys if k in batch}
+            self._queue.append((shard_batch(batch, self._mesh), host, self._parent.get_state()))
+        batch, self.host, self._state = self._queue.popleft()
         return batch
 
     def get_state(self) -> dict[str, Any]:

@@ -100,6 +100,7 @@ class Input:
     train_split: str = "train"
     eval_split: str = ""
     validation_examples: int = 0
+    undecodable_limit: float = 0.01
     crop: augment.Crop = dataclasses.field(default_factory=augment.Crop)
     policy: policies.Policy | None = None
     erasing: erasing.RandomErasing | None = None
@@ -363,6 +364,11 @@ def data(config: Any) -> Input:
     mean, std = _floats(config, "mean"), _floats(config, "std")
     if any(s <= 0 for s in std):
         raise ValueError(f"config.std={std} must be > 0 per channel")
+    if not 0.0 <= config.undecodable_limit < 1.0:
+        raise ValueError(
+            f"config.undecodable_limit={config.undecodable_limit} must be in [0, 1): the share of a "
+            "split's images that may fail to decode before the run stops"
+        )
     return _take(
         Input,
         config,

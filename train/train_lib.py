@@ -46,6 +46,8 @@ from train import mesh as mesh_lib
 from train import metric_writer, optim, preemption, steps
 from train import settings as settings_lib
 
+LISTING = "listing"  # WORKDIR/listing: the image folder's listing (train.input_pipeline.folders)
+
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """Trains ``config`` into ``workdir``, resuming from its newest readable checkpoint.
@@ -85,7 +87,7 @@ def _remove_if_empty(directory: str) -> None:
     """Removes ``directory`` when the failed run wrote nothing of use into it: no
     checkpoint, no metrics (at most TensorBoard's empty event file)."""
     files = [os.path.relpath(os.path.join(d, f), directory) for d, _, fs in os.walk(directory) for f in fs]
-    if all(f.startswith("tensorboard" + os.sep) for f in files):
+    if all(f.startswith(("tensorboard" + os.sep, LISTING + os.sep)) for f in files):
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -175,20 +177,19 @@ def _set_up(
     fresh = ckpt.latest_step() is None
     if fresh:
         settings_lib.check_init_from(settings)
-    data = batching.create_data(settings.input)
+    data = batching.create_data(settings.input, os.path.join(workdir, LISTING))
     ckpt.data, ckpt.preprocessing = data.identity(), data.preprocessing().to_dict()
-    for split, files in data.source.skipped.items():
-        logging.warning(
-            "skipped %d undecodable image(s) in split %r: %s", len(files), split, ", ".join(files[:5])
-        )
     total = settings.run.length.total_steps(data.steps_per_epoch)
     duration = _duration(settings, total, data)
     learning_rate_fn = optim.create_learning_rate_fn(settings.optim, data.steps_per_epoch, total)
     init_rng, step_rng = jax.random.split(jax.random.key(settings.run.seed))
     state = initial_state(settings, data, learning_rate_fn, init_rng, fresh)
-    batches = mesh_lib.DevicePrefetchIterator(data.train_iterator(), mesh, settings.run.prefetch)
+    batches = mesh_lib.DevicePrefetchIterator(
+        data.train_iterator(), mesh, settings.run.prefetch, host_keys=("skipped",)
+    )
     stack.callback(batches.close)  # grain's worker processes and shared memory
     state, start_step, before = ckpt.restore(mesh_lib.replicate(state, mesh), mesh, batches)
+    data.undecodable.restore(before.get("undecodable", {}))
     finished = _finished_summary(workdir, start_step, total)
     if start_step > total and finished is None:
         raise ValueError(
@@ -353,8 +354,10 @@ def _train_loop(session: Session, signals: preemption.StopSignals) -> int:
     eval_every = run.eval_every_steps or s.data.steps_per_epoch
     ckpt_every = run.checkpoint_every_steps or s.data.steps_per_epoch
     window = Window(s.start_step, time.time())
+    train_split = s.data.split_range(s.data.train_split)[0]
     for step in range(s.start_step + 1, s.total + 1):
         batch = next(s.batches)
+        s.data.undecodable.add(train_split, s.batches.host["skipped"])
         t = time.time()
         s.state, metrics = s.train_fn(s.state, batch, s.step_rng)
         if step == s.start_step + 1:
@@ -371,7 +374,8 @@ def _train_loop(session: Session, signals: preemption.StopSignals) -> int:
             _evaluate(s, step)
             window.time = time.time()
         if is_ckpt:
-            s.ckpt.save(step, s.state, s.batches, s.eval_metrics if is_eval else None, s.clock.progress())
+            progress = {**s.clock.progress(), "undecodable": s.data.undecodable.state()}
+            s.ckpt.save(step, s.state, s.batches, s.eval_metrics if is_eval else None, progress)
             window.time = time.time()
         if stopping:
             return step
@@ -401,6 +405,8 @@ def _log_window(s: Session, window: Window, step: int) -> Window:
             f"without saving. {kept} Lower learning_rate (now {s.settings.optim.learning_rate}) or "
             "set grad_clip_norm."
         )
+    s.data.undecodable.sync()  # before a save: too many undecodable images stop the run first
+    s.data.undecodable.check()
     elapsed = time.time() - window.time
     n_steps = step - window.start - (1 if window.start == s.start_step else 0)  # not the compiling one
     images_per_s = n_steps * s.settings.batch_size / elapsed if elapsed > 0 and n_steps > 0 else 0.0
@@ -416,14 +422,19 @@ def _log_window(s: Session, window: Window, step: int) -> Window:
 
 
 def evaluate(eval_fn: Callable[..., Any], state: Any, data: Any, mesh: Mesh) -> dict[str, float]:
-    """Loss, top-1 and top-5 over the whole eval split, each example counted once."""
+    """Loss, top-1 and top-5 over the whole eval split, each example counted once (those
+    that do not decode, none)."""
     total = None
-    for batch in mesh_lib.prefetch_to_mesh(data.eval_batches(), 2, mesh):
+    batches = ({k: v for k, v in b.items() if k != "skipped"} for b in data.eval_batches())
+    for batch in mesh_lib.prefetch_to_mesh(batches, 2, mesh):
         m = eval_fn(state, batch)
         total = m if total is None else jax.tree.map(jnp.add, total, m)
     count = int(jax.device_get(total["count"]))
-    if count != data.num_eval:
-        raise AssertionError(f"eval saw {count} examples, expected {data.num_eval}")
+    data.undecodable.sync()
+    expected = data.num_eval - data.undecodable.count(*data.split_range(data.eval_split))
+    if count != expected:
+        raise AssertionError(f"eval saw {count} examples, expected {expected}")
+    data.undecodable.check()
     return {**_means(total), "count": count}
 
 
@@ -454,6 +465,8 @@ def _finish(s: Session, stopped: int, stopped_by: str | None) -> dict[str, Any]:
         raise preemption.Stopped(stopped_by, stopped, s.total, s.ckpt.directory)
     s.writer.plot(os.path.join(s.workdir, "curves.png"))
     summary = _write_summary(s, s.total)
+    if jax.process_index() == 0 and s.data.undecodable.describe():
+        logging.warning("%s", s.data.undecodable.describe())
     if jax.process_index() == 0:
         sessions = f" over {summary['sessions']} sessions" if summary["sessions"] > 1 else ""
         m = s.eval_metrics
@@ -492,6 +505,7 @@ def _write_summary(s: Session, step: int, stopped_by: str | None = None) -> dict
         else 0.0,
         "sessions": done["sessions"],
         "devices": s.mesh.devices.size,
+        "undecodable": s.data.undecodable.summary(),  # {split: [path, ...]}, skipped when read
     }
     if jax.process_index() == 0:
         tmp = os.path.join(s.workdir, "summary.json.tmp")

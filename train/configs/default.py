@@ -37,6 +37,10 @@ def _data(config: ml_collections.ConfigDict) -> None:
     config.train_split = "train"
     config.eval_split = ""  # '' = 'test', else 'validation'
     config.validation_examples = 0  # > 0: hold out the last N train examples as the eval split
+    # The share of a split's images that may fail to decode: each is skipped when read
+    # (training reads the next image instead; evaluation leaves it out), named in the log
+    # and summary.json; past this share the run stops with an error naming a few.
+    config.undecodable_limit = 0.01
     config.image_size = 0  # 0 = the dataset's own size (needed > 0 for variable-size images)
     config.augment = "none"  # 'none' | 'cifar' (pad-crop, flip) | 'imagenet' (inception crop, flip)
     config.crop_padding = 4  # 'cifar' augmentation: zero padding before the random crop

@@ -40,11 +40,12 @@ import jax
 import numpy as np
 from absl import flags
 
-from resnet_jax.preprocessing import Preprocessing, decode_image
+from resnet_jax.preprocessing import Preprocessing
 from train.input_pipeline import augment
 from train.input_pipeline.datasets import Source, create_source
 from train.input_pipeline.erasing import RandomErasing
 from train.input_pipeline.policies import Policy
+from train.input_pipeline.undecodable import DecodeOrSkip, Undecodable
 from train.settings import Input
 
 
@@ -78,22 +79,22 @@ def jax_process_index() -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Transform:
-    """One record -> ``{'image': uint8 (H, W, C), 'label': int32}``: decode (encoded
-    sources), the ``crop`` (``augment.preprocess``), then for training the ``policy`` and
-    random ``erasing``, in the recipes' order. Called as ``(record, rng)`` by grain's
-    ``random_map`` for training and as ``(record)`` by ``map`` for evaluation."""
+    """One decoded record -> ``{'image': uint8 (H, W, C), 'label': int32, 'skipped': int64}``:
+    the ``crop`` (``augment.preprocess``), then for training the ``policy`` and random
+    ``erasing``, in the recipes' order. Called as ``(record, rng)`` by grain's
+    ``random_map`` for training and as ``(record)`` by ``map`` for evaluation. A record
+    with no image (undecodable, ``undecodable.DecodeOrSkip``) becomes zeros, for its mask."""
 
     train: bool
-    decode: bool
     image_shape: tuple[int, int, int]
     crop: augment.Crop
     policy: Policy | None = None
     erasing: RandomErasing | None = None
 
     def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
-        image = record["image"]
-        if self.decode:
-            image = decode_image(image, self.image_shape[-1])
+        image, skipped = record["image"], np.int64(record.get("skipped", -1))
+        if image is None:
+            return {"image": np.zeros(self.image_shape, np.uint8), "label": np.int32(0), "skipped": skipped}
         image = augment.preprocess(image, self.crop, train=self.train, rng=rng)
         if self.train and self.policy is not None:
             image = self.policy(image, rng)
@@ -104,7 +105,7 @@ class Transform:
                 f"an image preprocessed to {image.shape}, not {self.image_shape}; images of "
                 "varying sizes need --config.image_size"
             )
-        return {"image": image, "label": np.int32(record["label"])}
+        return {"image": image, "label": np.int32(record["label"]), "skipped": skipped}
 
 
 class RepeatEach(grain.MapDataset):
@@ -150,9 +151,11 @@ def _split_size(source: Source, split: str) -> int:
 
 
 def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """``batch`` padded to ``size``, with ``'mask'`` 0 on the padding and undecodable images."""
     n = len(batch["label"])
     out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
-    out["mask"] = (np.arange(size) < n).astype(np.float32)
+    out["skipped"][n:] = -1
+    out["mask"] = ((np.arange(size) < n) & (out["skipped"] < 0)).astype(np.float32)
     return out
 
 
@@ -175,6 +178,7 @@ class Data:
     train_image_shape: tuple[int, int, int]  # and for training (config.train_image_size)
     steps_per_epoch: int
     eval_steps: int
+    undecodable: Undecodable  # the images met that do not decode, by split
 
     @property
     def num_classes(self) -> int:
@@ -183,6 +187,11 @@ class Data:
     @property
     def eval_batch_size(self) -> int:
         return self.settings.eval_batch_size
+
+    @staticmethod
+    def split_range(split: str) -> tuple[str, int, int | None]:
+        """'train[:45000]' -> ('train', 0, 45000): the split it is part of, and where."""
+        return _slice_spec(split)
 
     def preprocessing(self) -> Preprocessing:
         """The evaluation transform of this data as the library's ``Preprocessing``: the
@@ -202,15 +211,19 @@ class Data:
             "train_fingerprint": self.source.splits[base].fingerprint(lo, hi),
         }
 
-    def _split(self, split: str) -> grain.MapDataset:
+    def _split(self, split: str, train: bool) -> grain.MapDataset:
+        """The examples of ``split``, decoded; an undecodable one stands in for by the next
+        (training) or left out (evaluation), in ``undecodable.DecodeOrSkip``."""
         base, lo, hi = _slice_spec(split)
-        return grain.MapDataset.source(self.source.splits[base])[lo:hi]
+        ds = grain.MapDataset.source(self.source.splits[base])[lo:hi]
+        if self.source.kind == "bytes":
+            ds = DecodeOrSkip(ds, self.source.image_shape[-1], lo, substitute=train)
+        return ds
 
     def _transform(self, train: bool) -> Transform:
         c = self.settings
         return Transform(
             train=train,
-            decode=self.source.kind == "bytes",
             image_shape=self.train_image_shape if train else self.image_shape,
             crop=c.crop,
             policy=c.policy,
@@ -227,7 +240,7 @@ class Data:
         batch k."""
         c = self.settings
         epoch = self.steps_per_epoch * c.batch_size  # whole global batches only
-        ds = self._split(self.train_split).shuffle(seed=c.seed)[:epoch]
+        ds = self._split(self.train_split, train=True).shuffle(seed=c.seed)[:epoch]
         if c.repeated_augmentations > 1:
             ds = RepeatEach(ds, c.repeated_augmentations)
         ds = ds.repeat().random_map(self._transform(train=True), seed=c.seed)
@@ -255,23 +268,30 @@ class Data:
         # Each process evaluates a contiguous slice (<= ceil(N/P) examples), reading only it.
         count, index = jax_process_count(), jax_process_index()
         lo, hi = index * self.num_eval // count, (index + 1) * self.num_eval // count
-        ds = self._split(self.eval_split)[lo:hi].map(self._transform(train=False)).batch(local)
+        ds = self._split(self.eval_split, train=False)[lo:hi].map(self._transform(train=False)).batch(local)
+        base = _slice_spec(self.eval_split)[0]
         n = 0
         for batch in ds.to_iter_dataset(self._read_options()):
+            self.undecodable.add(base, batch["skipped"])
             yield _pad(batch, local)
             n += 1
         # Every process runs the same number of (collective) eval steps.
-        empty = {"image": np.zeros((0, *self.image_shape), np.uint8), "label": np.zeros(0, np.int32)}
+        empty = {
+            "image": np.zeros((0, *self.image_shape), np.uint8),
+            "label": np.zeros(0, np.int32),
+            "skipped": np.zeros(0, np.int64),
+        }
         for _ in range(n, self.eval_steps):
             yield _pad(empty, local)
 
 
-def create_data(settings: Input) -> Data:
+def create_data(settings: Input, listing_dir: str | None = None) -> Data:
     """The train and eval splits of ``settings`` (``train.settings.data``), batched for
     this process. The checks that need the data are made here: the split names, the
     image size of a dataset of varying sizes, the mean and std per channel, and a
-    batch that fits in the train split."""
-    source = create_source(settings)
+    batch that fits in the train split. An image folder's listing is kept in
+    ``listing_dir`` (``train.input_pipeline.folders``)."""
+    source = create_source(settings, listing_dir)
     train_split, eval_split = settings.train_split, settings.eval_split
     if not eval_split:
         eval_split = "test" if "test" in source.splits else "validation"
@@ -314,4 +334,5 @@ def create_data(settings: Input) -> Data:
         train_image_shape=train_image_shape,
         steps_per_epoch=steps_per_epoch,
         eval_steps=eval_steps,
+        undecodable=Undecodable(source.splits, settings.undecodable_limit, source.name),
     )

@@ -6,7 +6,8 @@ or encoded bytes (``kind='bytes'``), read and decoded only by the process and wo
 use the example:
 
 - ``digits``: scikit-learn's bundled 8x8 digits, in memory;
-- ``image_folder``: ROOT/SPLIT/CLASS/* files, each read when its example is needed;
+- ``image_folder``: ROOT/SPLIT/CLASS/* files, listed once (``train.input_pipeline.folders``)
+  and each read when its example is needed;
 - any TFDS image-classification dataset, read from its ArrayRecord files through
   ``tfds.data_sources``. Reading needs no TensorFlow; preparing (downloading and writing
   the files) does, for most TFDS builders: ``pip install -e ".[prepare]"``.
@@ -14,7 +15,6 @@ use the example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import difflib
 import hashlib
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from resnet_jax.preprocessing import IMAGE_EXTENSIONS, decode_image
+from resnet_jax.preprocessing import IMAGE_EXTENSIONS
+from train.input_pipeline import folders
 
 if TYPE_CHECKING:
     from train.settings import Input
@@ -49,27 +50,6 @@ class ArraySource:
         digest = hashlib.sha256(np.ascontiguousarray(self.labels[lo:hi]).tobytes())
         digest.update(np.ascontiguousarray(self.images[lo:hi]).tobytes())
         return digest.hexdigest()[:16]
-
-
-@dataclasses.dataclass(frozen=True)
-class FileSource:
-    """Image files, read when their example is needed."""
-
-    paths: tuple[str, ...]
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        with open(self.paths[index], "rb") as f:
-            return {"image": f.read(), "label": self.labels[index]}
-
-    def fingerprint(self, lo: int, hi: int | None) -> str:
-        """Of the files' CLASS/NAME and labels: the same folder moved elsewhere matches."""
-        tails = (os.path.join(*p.split(os.sep)[-2:]) for p in self.paths[lo:hi])
-        text = "\n".join(f"{y}\t{t}" for y, t in zip(self.labels[lo:hi].tolist(), tails))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +80,6 @@ class Source:
     image_shape: tuple[int | None, int | None, int]  # the dataset's own (H, W, C)
     splits: Mapping[str, Any]  # split name -> random-access source
     kind: str  # 'array' | 'bytes'
-    skipped: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # split -> bad files
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -142,82 +121,73 @@ def digits_source(classes: Sequence[int] = ()) -> Source:
     return Source("digits", len(names), names, (8, 8, 1), splits, kind="array")
 
 
-def _scan(paths: Sequence[str]) -> tuple[list[str], list[tuple[int, int]]]:
-    """Decodes every file once, in parallel: the undecodable ones, and the others' (H, W)."""
+def _listed(root: str, listing_dir: str | None, need_shape: bool) -> folders.FolderListing:
+    """The folder's listing: the one saved in ``listing_dir`` while the folder is unchanged,
+    else a new one, saved there. With several processes, process 0 lists (and reads the
+    headers, if ``need_shape``) and the others read what it saved."""
+    import jax
+    from jax.experimental import multihost_utils
 
-    def shape(path: str) -> tuple[int, int] | None:
-        try:
-            with open(path, "rb") as f:
-                return decode_image(f.read(), 3).shape[:2]
-        except (OSError, ValueError):
-            return None
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, 2 * (os.cpu_count() or 1))) as pool:
-        shapes = list(pool.map(shape, paths, chunksize=64))
-    bad = [p for p, hw in zip(paths, shapes) if hw is None]
-    return bad, [hw for hw in shapes if hw is not None]
-
-
-def _listing(root: str, split: str, class_names: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Every image file of ROOT/SPLIT/CLASS/, in sorted order, with its class index."""
-    files, labels = [], []
-    for label, name in enumerate(class_names):
-        folder = os.path.join(root, split, name)
-        if not os.path.isdir(folder):
-            continue
-        for entry in sorted(os.listdir(folder)):
-            if not entry.startswith(".") and entry.lower().endswith(IMAGE_EXTENSIONS):
-                files.append(os.path.join(folder, entry))
-                labels.append(label)
-    return files, np.asarray(labels, np.int64)
+    root = os.path.abspath(root)
+    leader = not listing_dir or jax.process_index() == 0
+    listing = None
+    if leader:
+        saved = folders.FolderListing.load(listing_dir, root) if listing_dir else None
+        listing = saved or folders.FolderListing.scan(root)
+        if need_shape and not listing.shapes:
+            for split in listing.splits:
+                listing.shapes[split] = folders.class_shapes(_file_source(listing, split, ()))
+            saved = None
+        if listing_dir and saved is None:
+            listing.save(listing_dir)
+            listing = folders.FolderListing.load(listing_dir) or listing  # memory-mapped, for the workers
+    if listing_dir and jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"resnet_jax listing of {root}")
+        if not leader:  # a workdir on storage every process shares, as Orbax needs too
+            listing = folders.FolderListing.load(listing_dir) or folders.FolderListing.scan(root)
+    return listing
 
 
-def image_folder_source(root: str, classes: Sequence[int] = ()) -> Source:
+def _file_source(listing: folders.FolderListing, split: str, classes: Sequence[int]) -> folders.FileSource:
+    """The files of ``split`` in ``classes`` (all when empty), labelled 0..K-1 in that order."""
+    source = folders.FileSource(
+        os.path.join(listing.root, split), tuple(listing.class_names), listing.splits[split]
+    )
+    if not classes:
+        return source
+    remap = np.full(len(listing.class_names), -1, np.int64)
+    remap[list(classes)] = np.arange(len(classes))
+    rows = np.flatnonzero(remap[np.asarray(source.listing.labels)] >= 0)
+    return dataclasses.replace(source, rows=rows, remap=remap)
+
+
+def image_folder_source(
+    root: str, classes: Sequence[int] = (), listing_dir: str | None = None, need_shape: bool = True
+) -> Source:
     """ROOT/SPLIT/CLASS/*: the classes are the sorted class folders found in any split (as
-    TFDS's ImageFolder); files that do not decode are dropped and listed in ``skipped``."""
+    TFDS's ImageFolder). Lists the files and reads no image (``train.input_pipeline.folders``);
+    with ``need_shape``, the headers too, for the dataset's own image size. A file that
+    does not decode is found when it is read (``train.input_pipeline.undecodable``)."""
     if not root:
         raise ValueError("dataset 'image_folder' needs --config.data_dir=ROOT holding ROOT/train/CLASS/*")
     if not os.path.isdir(root):
         raise ValueError(f"image folder data_dir={root!r} is not a directory")
-    split_names = sorted(
-        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
-    )
-    if "train" not in split_names:
-        raise ValueError(f"image folder {root!r} has no train/ subfolder; found: {split_names}")
-    all_classes = sorted(
-        {
-            c
-            for s in split_names
-            for c in os.listdir(os.path.join(root, s))
-            if os.path.isdir(os.path.join(root, s, c)) and not c.startswith(".")
-        }
-    )
-    class_names = _check_classes(classes, len(all_classes), all_classes)
-    skipped: dict[str, list[str]] = {}
-    splits: dict[str, FileSource] = {}
-    shapes: set[tuple[int, int]] = set()
-    for split in split_names:
-        files, labels = _listing(root, split, all_classes)
-        if not files:
-            continue
-        # Only the chosen classes' files are scanned (decoded once, to drop the bad ones).
-        index, labels = _select(labels, classes)
-        files = [files[i] for i in index]
-        bad, hw = _scan(files)
-        skipped[split] = bad
-        keep = np.flatnonzero(~np.isin(files, bad)) if bad else np.arange(len(files))
-        splits[split] = FileSource(tuple(files[i] for i in keep), labels[keep])
-        shapes.update(hw)
+    if not os.path.isdir(os.path.join(root, "train")):
+        found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and d[0] != ".")
+        raise ValueError(f"image folder {root!r} has no train/ subfolder; found: {found}")
+    listing = _listed(root, listing_dir, need_shape)
+    class_names = _check_classes(classes, len(listing.class_names), listing.class_names)
+    splits = {split: _file_source(listing, split, classes) for split in listing.splits}
     _check_every_class_trains(root, class_names, splits["train"].labels if "train" in splits else [])
+    shape = folders.one_shape(listing.shapes, class_names) if need_shape else None
     return Source(
         name=f"image_folder:{root}",
         num_classes=len(class_names),
         class_names=list(class_names),
         # A folder whose images all share one size is a fixed-size dataset.
-        image_shape=(*shapes.pop(), 3) if len(shapes) == 1 else (None, None, 3),
+        image_shape=(*shape, 3) if shape else (None, None, 3),
         splits=splits,
         kind="bytes",
-        skipped={k: v for k, v in skipped.items() if v},
     )
 
 
@@ -230,7 +200,7 @@ def _check_every_class_trains(root: str, class_names: Sequence[str], labels: Any
     folders = []
     for name in empty[:5]:
         folder = os.path.join(root, "train", name)
-        found = "holds no decodable image" if os.path.isdir(folder) else "does not exist"
+        found = "holds no image file" if os.path.isdir(folder) else "does not exist"
         folders.append(f"{folder} {found}")
     more = f" (and {len(empty) - 5} more)" if len(empty) > 5 else ""
     raise ValueError(
@@ -325,13 +295,16 @@ def tfds_source(name: str, data_dir: str, manual_dir: str) -> Source:
     )
 
 
-def create_source(settings: Input) -> Source:
-    """The dataset ``settings`` names: digits, an image folder or a TFDS dataset."""
+def create_source(settings: Input, listing_dir: str | None = None) -> Source:
+    """The dataset ``settings`` names: digits, an image folder (its listing saved in and
+    reused from ``listing_dir``, when given) or a TFDS dataset."""
     classes = settings.classes
     if settings.dataset == "digits":
         return digits_source(classes)
     if settings.dataset == "image_folder":
-        return image_folder_source(settings.data_dir, classes)
+        return image_folder_source(
+            settings.data_dir, classes, listing_dir, need_shape=not settings.crop.image_size
+        )
     if classes:
         raise ValueError(
             f"config.classes={classes} works with 'digits' and 'image_folder'; not yet with TFDS "
