@@ -115,6 +115,46 @@ def test_input_pipeline_bench_prints_grain_beside_torchvision():
     assert rows == ["resnet_jax (grain)", "torchvision (PIL)"] * 2, proc.stdout
 
 
+def test_folder_startup_bench_prints_each_loader_and_the_listing_memory(tmp_path):
+    pytest.importorskip("torch")
+    proc = _run(
+        "bench.folder_startup",
+        f"--root={tmp_path}",
+        "--small=400",
+        "--large=8",
+        "--batch=16",
+        "--batches=1",
+        "--workers=1",
+        "--repeats=1",
+        "--listing-files=20000",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaders = ("resnet_jax, new run", "resnet_jax, resumed", "torchvision ImageFolder")
+    for loader in loaders:
+        row = rf"\| {loader} \| [\d.]+ \| [\d.]+ \| -?[\d.]+ \| -?\d+ \| \d+ / \d+ \|"
+        assert re.search(row, proc.stdout), proc.stdout
+    assert re.search(r"resnet_jax, resumed, 408 files: [\d.]+s to the first batch", proc.stdout)
+    ways = re.findall(r"\| (paths as a tuple of strings \(before\)|listing arrays, [a-z-]+)", proc.stdout)
+    assert len(ways) == 3, proc.stdout
+    # The memory-mapped listing pickles as the name of its files: a few hundred bytes.
+    mapped = re.search(r"\| listing arrays, memory-mapped \(the trainer\) \| ([\d.]+) \|", proc.stdout)
+    assert float(mapped.group(1)) < 0.01, proc.stdout
+    assert re.search(r"the old start-up \(every file decoded, \d+ threads\): [\d,]+ small", proc.stdout)
+    # The folders are kept under --root and reused.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big_folder_400_8", "small_folder_40_8"]
+
+
+def test_folder_startup_bench_refuses_bad_counts(capsys):
+    from bench import folder_startup
+
+    with pytest.raises(SystemExit):
+        folder_startup.main(["--small=0"])
+    assert "--small=0 must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        folder_startup.main(["--small=100", "--large=1", "--batch=256"])
+    assert "--batch=256 exceeds the small folder's 11 files" in capsys.readouterr().err
+
+
 def test_input_pipeline_bench_refuses_an_unknown_pipeline(capsys):
     from bench import input_pipeline
 

@@ -153,7 +153,7 @@ def test_a_class_without_train_images_is_refused_naming_its_folder(tmp_path):
     with pytest.raises(ValueError) as info:
         datasets.image_folder_source(str(root))
     message = str(info.value)
-    assert f"{root / 'train' / 'b'} holds no decodable image" in message
+    assert f"{root / 'train' / 'b'} holds no image file" in message
     assert f"{root / 'train' / 'd'} does not exist" in message and "2 class(es)" in message
     # Leaving them out with classes= works.
     assert datasets.image_folder_source(str(root), classes=(0, 2)).num_classes == 2

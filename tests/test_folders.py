@@ -188,6 +188,13 @@ folders.FolderListing.scan = staticmethod(lambda root: scans.append(root) or rea
 source = datasets.image_folder_source(sys.argv[3], listing_dir=sys.argv[4], need_shape=True)
 print("process", jax.process_index(), "scanned", len(scans), "train", len(source.splits["train"]),
       "shape", source.image_shape, flush=True)
+# Each process meets its own undecodable files; after a sync every process knows all.
+import numpy as np
+from train.input_pipeline import undecodable
+found = undecodable.Undecodable(source.splits, 0.5, "here")
+found.add("train", np.array([-1, 5 * jax.process_index() + 1, -1]))
+found.sync()
+print("process", jax.process_index(), "found", sorted(found.found["train"]), flush=True)
 """
 
 
@@ -207,3 +214,4 @@ def test_process_0_lists_and_the_others_read_its_listing(tmp_path):
     assert all(p.returncode == 0 for p in procs), outs
     assert "process 0 scanned 1 train 30 shape (20, 16, 3)" in outs[0], outs[0][-2000:]
     assert "process 1 scanned 0 train 30 shape (20, 16, 3)" in outs[1], outs[1][-2000:]
+    assert all(f"process {i} found [1, 6]" in outs[i] for i in range(2)), outs

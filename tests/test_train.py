@@ -270,7 +270,8 @@ def test_an_image_folder_with_odd_files_trains_names_the_bad_one_once_and_resume
     start = int(resumed.stdout.split("resuming from the checkpoint at step ")[1].split()[0])
     assert 18 <= start < 30, start
     ours, theirs = (
-        traverse_util.flatten_dict(workdirs.load_variables(str(tmp_path / r))[0]) for r in ("killed", "straight")
+        traverse_util.flatten_dict(workdirs.load_variables(str(tmp_path / r))[0])
+        for r in ("killed", "straight")
     )
     assert ours.keys() == theirs.keys()
     for k in ours:
