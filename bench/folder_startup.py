@@ -78,13 +78,14 @@ def build(root: str, small: int, large: int) -> int:
                 return small + large
         raise SystemExit(f"--root={root} holds another folder; remove it or choose another")
     variants = _small_jpegs()
-    for c in range(CLASSES):
+    classes = min(CLASSES, small)  # none left without a file
+    for c in range(classes):
         os.makedirs(os.path.join(root, "train", f"class{c:02d}"), exist_ok=True)
     for i in range(small):
-        with open(os.path.join(root, "train", f"class{i % CLASSES:02d}", f"s{i:07d}.jpg"), "wb") as f:
+        with open(os.path.join(root, "train", f"class{i % classes:02d}", f"s{i:07d}.jpg"), "wb") as f:
             f.write(variants[i % len(variants)])
     with tempfile.TemporaryDirectory(prefix="bench_large_") as tmp:
-        imagenet_like_jpegs(tmp, large, classes=CLASSES)
+        imagenet_like_jpegs(tmp, large, classes=classes)
         for split in ("train", "test"):
             for c in sorted(os.listdir(os.path.join(tmp, split))):
                 for name in os.listdir(os.path.join(tmp, split, c)):

@@ -143,6 +143,21 @@ def test_devices_and_processes_give_the_one_device_result(tmp_path):
     assert sorted(p.name for p in (tmp_path / "two_processes" / "checkpoints").iterdir()) == before
 
 
+def _kill_9_after_checkpoint(killed, flags, step):
+    """Starts ``train.main`` into ``killed`` and kills it with SIGKILL once checkpoint
+    ``step`` exists, before the run ends."""
+    cmd = [sys.executable, "-m", "train.main", f"--workdir={killed}", *flags]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / str(step)).is_dir():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "killed too late: the run had finished"
+    return killed
+
+
 def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
     # Bitwise, not a tolerance: both runs execute the same compiled programs on the same
     # CPU with the same inputs, and XLA's CPU programs are deterministic run to run.
@@ -177,16 +192,7 @@ def test_kill_9_then_restart_reaches_the_uninterrupted_result_bitwise(tmp_path):
         "--config.lr_unit=epoch",
     ]
     _main(tmp_path / "straight", *flags)
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "train.main", f"--workdir={killed}", *flags]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "26").is_dir():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "summary.json").exists(), "killed too late: the run had finished"
+    killed = _kill_9_after_checkpoint(tmp_path / "killed", flags, 26)
     saved = json.loads(next((killed / "checkpoints" / "26" / "data").glob("process_0-of-1.json")).read_text())
     assert saved, "the grain iterator state is in the checkpoint"
     resumed = _main(killed, *flags)
@@ -256,16 +262,7 @@ def test_an_image_folder_with_odd_files_trains_names_the_bad_one_once_and_resume
     assert summary["final"]["count"] == 16
     # The listing was kept with the run.
     assert (tmp_path / "straight" / "listing" / "listing.json").is_file()
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "train.main", f"--workdir={killed}", *flags]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "18").is_dir():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "summary.json").exists(), "killed too late: the run had finished"
+    killed = _kill_9_after_checkpoint(tmp_path / "killed", flags, 18)
     resumed = _main(killed, *flags)
     start = int(resumed.stdout.split("resuming from the checkpoint at step ")[1].split()[0])
     assert 18 <= start < 30, start
