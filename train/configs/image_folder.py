@@ -3,9 +3,9 @@ r"""python -m train.main --config=train/configs/image_folder.py --workdir=/tmp/m
 Your own images: ROOT/train/CLASS/*.jpg and ROOT/test/CLASS/*.jpg (png, bmp and gif
 work too), read by grain. The folder is listed, not decoded, at start-up (the listing is
 kept in WORKDIR/listing); a file that does not decode is skipped when read and named
-(config.undecodable_limit); grayscale, RGBA and CMYK images are converted to RGB. Images that all share one size train at
-that size; photographs of varying sizes need `--config.image_size=224
---config.augment=imagenet --config.model=resnet50`.
+(config.undecodable_limit); grayscale, RGBA and CMYK images are converted to RGB. Images
+that all share one size train at that size; photographs of varying sizes need
+`--config.image_size=224 --config.augment=imagenet --config.model=resnet50`.
 """
 
 from train.configs import cifar10
