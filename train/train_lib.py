@@ -460,13 +460,13 @@ def _evaluate_resumed_end(s: Session) -> None:
 
 def _finish(s: Session, stopped: int, stopped_by: str | None) -> dict[str, Any]:
     """``summary.json``; then the closing line, or ``preemption.Stopped`` for a stop."""
+    if jax.process_index() == 0 and s.data.undecodable.describe():
+        logging.warning("%s", s.data.undecodable.describe())
     if stopped:
         _write_summary(s, stopped, stopped_by)
         raise preemption.Stopped(stopped_by, stopped, s.total, s.ckpt.directory)
     s.writer.plot(os.path.join(s.workdir, "curves.png"))
     summary = _write_summary(s, s.total)
-    if jax.process_index() == 0 and s.data.undecodable.describe():
-        logging.warning("%s", s.data.undecodable.describe())
     if jax.process_index() == 0:
         sessions = f" over {summary['sessions']} sessions" if summary["sessions"] > 1 else ""
         m = s.eval_metrics
