@@ -10,12 +10,18 @@ Classify images with pretrained, converted or trained weights in one call:
 
 >>> resnet_jax.classify("dog.jpg", weights="resnet50.torchvision_v2")  # doctest: +SKIP
 [(name, probability), ...]
+
+and measure them on labelled images (a folder of class folders, or a TFDS split):
+
+>>> resnet_jax.evaluate_weights("resnet50.torchvision_v2", "imagenet/val")  # doctest: +SKIP
+{'top1': ..., 'top5': ..., 'loss': ..., 'images': 50000, ...}
 """
 
 from resnet_jax import convert, nnx_bridge, xla
 from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from resnet_jax.classes import imagenet_classes
 from resnet_jax.classifier import Classifier, classify
+from resnet_jax.evaluation import evaluate_weights
 from resnet_jax.nnx_bridge import to_nnx
 from resnet_jax.preprocessing import Preprocessing
 from resnet_jax.pretrained import create_model
@@ -37,6 +43,7 @@ __all__ = [
     "classify",
     "convert",
     "create_model",
+    "evaluate_weights",
     "imagenet_classes",
     "list_models",
     "nnx_bridge",

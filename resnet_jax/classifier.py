@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from resnet_jax import sources
 from resnet_jax.preprocessing import (
+    IMAGE_EXTENSIONS,
     Preprocessing,
     center_crop_offsets,
     decode_image,
@@ -38,11 +40,40 @@ def read_image(path: str, channels: int | None = None) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             data = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path}: a folder; pass it alone to classify its images") from None
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror or e}") from None
+    try:
         found = image_channels(data)  # a file that is no image is named as such first
         return decode_image(data, channels or found)
-    except (OSError, ValueError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ValueError(f"{path}: {reason}") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def image_files(paths: Sequence[str]) -> list[str]:
+    """The files named, and the image files (``IMAGE_EXTENSIONS``, not hidden) under the
+    folders named, sorted per folder. A missing path raises ``FileNotFoundError``, a
+    folder without images ``ValueError``."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(root, n)
+                for root, _, names in os.walk(path)
+                for n in names
+                if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
+            )
+            if not found:
+                raise ValueError(f"{path}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            files += found
+        elif not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such file or directory")
+        else:
+            files.append(path)
+    return files
 
 
 def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -150,33 +181,36 @@ class Classifier:
             forward, Preprocessing.from_dict(meta["preprocessing"]), meta["class_names"], raw_size, path
         )
 
+    def input(self, image: Any) -> np.ndarray:
+        """The model input of one image (a path, a PIL image or a uint8 array)."""
+        name = os.fspath(image) if isinstance(image, str | os.PathLike) else None
+        pixels = read_image(name, self.preprocessing.channels) if name is not None else image
+        try:
+            if self.raw_size is None:
+                return self.preprocessing(pixels)
+            pixels = self.preprocessing.checked(pixels)
+            return raw_input_for(pixels, self.preprocessing, self.raw_size)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}" if name else str(e)) from None
+
     def inputs(self, images: Sequence[Any]) -> np.ndarray:
         """The model input of ``images`` (paths, PIL images or uint8 arrays)."""
-        arrays = []
-        for image in images:
-            name = os.fspath(image) if isinstance(image, str | os.PathLike) else None
-            channels = self.preprocessing.channels
-            pixels = read_image(name, channels) if name is not None else image
-            try:
-                if self.raw_size is None:
-                    arrays.append(self.preprocessing(pixels))
-                else:
-                    pixels = self.preprocessing.checked(pixels)
-                    arrays.append(raw_input_for(pixels, self.preprocessing, self.raw_size))
-            except ValueError as e:
-                raise ValueError(f"{name}: {e}" if name else str(e)) from None
-        return np.stack(arrays)
+        return np.stack([self.input(image) for image in images])
 
     def probabilities(self, images: Sequence[Any], batch_size: int = 32) -> np.ndarray:
         """float32 (N, classes): each image's class probabilities."""
-        out = []
-        for lo in range(0, len(images), batch_size):
-            x = self.inputs(images[lo : lo + batch_size])
-            # Padded to a power of two: a folder's last batch compiles no new shape.
-            padded = min(batch_size, 1 << (len(x) - 1).bit_length())
-            x = np.concatenate([x, np.zeros((padded - len(x), *x.shape[1:]), x.dtype)])
-            out.append(np.asarray(self.forward(x))[: len(images[lo : lo + batch_size])])
+        out = [
+            self.forward_inputs(self.inputs(images[lo : lo + batch_size]))
+            for lo in range(0, len(images), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def forward_inputs(self, x: np.ndarray) -> np.ndarray:
+        """float32 (N, classes) of model inputs ``x``, padded to a power of two on the
+        way, so that a folder's last, short batch compiles no new shape."""
+        n = len(x)
+        padded = np.concatenate([x, np.zeros(((1 << (n - 1).bit_length()) - n, *x.shape[1:]), x.dtype)])
+        return np.asarray(self.forward(padded))[:n]
 
     @staticmethod
     def top_indices(probabilities: np.ndarray, k: int = 5) -> np.ndarray:
@@ -189,8 +223,36 @@ class Classifier:
         return [[(self.class_names[i], float(p[i])) for i in row] for p, row in zip(probabilities, order)]
 
     def __call__(self, images: Any, top: int = 5, batch_size: int = 32) -> Any:
-        """The ``top`` classes of each image as ``[(name, probability), ...]``; a single
-        image (a path, a PIL image or one array) gives its list, a sequence a list of them."""
+        """The ``top`` classes of each image as ``[(name, probability), ...]``.
+
+        A single image (a path, a PIL image or one array) gives its list, a sequence a
+        list of them. A folder, or a sequence of paths with folders among them, gives a
+        dict ``{file: list}`` over the files named and the image files in the folders;
+        there a file that does not decode is skipped with a warning naming it, as
+        ``python -m resnet_jax.predict`` skips it. A file named directly that is missing
+        raises ``FileNotFoundError``, one that is not an image ``ValueError``.
+        """
+        if top < 1 or batch_size < 1:
+            raise ValueError(f"top={top}, batch_size={batch_size}: both must be >= 1")
+        paths = [images] if isinstance(images, str | os.PathLike) else images
+        if isinstance(paths, Sequence) and any(
+            isinstance(p, str | os.PathLike) and os.path.isdir(p) for p in paths
+        ):
+            if not all(isinstance(p, str | os.PathLike) for p in paths):
+                raise ValueError("with a folder among the images, every image must be a path")
+            files = image_files([os.fspath(p) for p in paths])
+            found = {}
+            for lo in range(0, len(files), batch_size):
+                good, inputs = [], []
+                for file in files[lo : lo + batch_size]:
+                    try:
+                        inputs.append(self.input(file))
+                        good.append(file)
+                    except (OSError, ValueError) as e:
+                        warnings.warn(f"skipped {e}", stacklevel=2)
+                if good:
+                    found.update(zip(good, self.top(self.forward_inputs(np.stack(inputs)), top)))
+            return found
         single = isinstance(images, str | os.PathLike) or not isinstance(images, Sequence | np.ndarray)
         single = single or (isinstance(images, np.ndarray) and images.ndim <= 3)
         batch = [images] if single else list(images)
@@ -201,5 +263,6 @@ class Classifier:
 def classify(images: Any, weights: str, model: str | None = None, top: int = 5) -> Any:
     """``Classifier.load(weights, model)(images, top)``: one call from images to names.
     ``weights`` is a tag (``resnet50.torchvision_v2``), a converted directory, a training
-    workdir or an export artifact; see ``Classifier.__call__`` for ``images``."""
+    workdir or an export artifact; ``images`` a path, a PIL image, a uint8 array, a
+    folder or a sequence of them (see ``Classifier.__call__`` for what each returns)."""
     return Classifier.load(weights, model=model)(images, top=top)

@@ -55,6 +55,10 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as pil:
             image = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
+    except UnidentifiedImageError:
+        raise ValueError(
+            "not a decodable image: no format PIL reads (JPEG, PNG, BMP, GIF, WebP, TIFF, ...)"
+        ) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"not a decodable image: {e}") from e
     return image.reshape(*image.shape[:2], channels)

@@ -284,9 +284,8 @@ def test_cli_table_json_and_a_folder(tiny, photos, capsys):
 
 
 def test_cli_errors_name_the_file_or_the_source(tiny, photos, tmp_path, capsys):
-    gray, broken, empty = tmp_path / "gray.png", tmp_path / "broken.jpg", tmp_path / "empty"
+    gray, empty = tmp_path / "gray.png", tmp_path / "empty"
     Image.fromarray(np.full((40, 50), 99, np.uint8)).save(gray)
-    broken.write_bytes(b"\xff\xd8\xff not really a JPEG")
     empty.mkdir()
     # A grayscale file is no error any more: every reader converts it as the trainer does
     # (to RGB for this RGB model), so it classifies as the same picture in RGB would.
@@ -296,7 +295,6 @@ def test_cli_errors_name_the_file_or_the_source(tiny, photos, tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)["top"][0]
     assert (shown["name"], shown["probability"]) == (expected[0], pytest.approx(expected[1], abs=1e-6))
     cases = [
-        ([f"--weights={tiny}", str(broken)], f"{broken}: not an image"),
         ([f"--weights={tiny}", str(tmp_path / "nope.jpg")], f"{tmp_path / 'nope.jpg'}: no such file"),
         ([f"--weights={tiny}", str(empty)], f"{empty}: a folder with no image files"),
         (["--weights=/no/such/dir", str(photos[0])], "'/no/such/dir': no such file or directory, and not a"),
@@ -305,7 +303,7 @@ def test_cli_errors_name_the_file_or_the_source(tiny, photos, tmp_path, capsys):
             [f"--weights={tmp_path}", str(photos[0])],
             "neither a workdir (no checkpoint in it) nor a converted",
         ),
-        ([f"--weights={tiny}", str(photos[0]), "--top=0"], "--top=0 and --batch-size=32 must be >= 1"),
+        ([f"--weights={tiny}", str(photos[0]), "--top=0"], "--top=0: must be >= 1"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
