@@ -32,12 +32,9 @@ def _cifar_photos(count_per_class, names=CIFAR_CLASSES):
     with tarfile.open(CIFAR) as tar:
         for member in tar:
             parts = member.name.split("/")
-            if (
-                member.isfile()
-                and "test" in parts
-                and len(found.get(parts[-2], "x" * count_per_class)) < count_per_class
-            ):
-                found[parts[-2]].append(Image.open(tar.extractfile(member)).convert("RGB"))
+            name = parts[-2] if member.isfile() and "test" in parts else None
+            if name in found and len(found[name]) < count_per_class:
+                found[name].append(Image.open(tar.extractfile(member)).convert("RGB"))
             if all(len(v) == count_per_class for v in found.values()):
                 return found
     raise AssertionError(f"too few CIFAR-10 test images: { ({k: len(v) for k, v in found.items()}) }")
