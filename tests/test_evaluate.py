@@ -247,3 +247,38 @@ def test_bad_input_is_one_error_line(tiny, cifar_folder, tmp_path, capsys):
         assert exit_info.value.code == 1, argv
         assert captured.err.startswith("error: ") and message in captured.err, (argv, captured.err)
         assert len(captured.err.strip().splitlines()) == 1 and not captured.out, argv
+
+
+@pytest.mark.prepare
+def test_a_tfds_split_scores_as_the_same_images_in_a_folder_without_tensorflow(tmp_path):
+    pytest.importorskip("tensorflow", reason="the optional TFDS preparation extra: .[prepare]")
+    import tiny_tfds  # tests/tiny_tfds: 8x8 grayscale digits, 40 in its test split
+
+    tiny_tfds.prepare(tmp_path / "tfds")
+    model = resnet_jax.create_model("resnet20", num_classes=10, in_channels=1)
+    variables = jax.jit(model.init)(jax.random.key(1), np.zeros((1, 8, 8, 1), np.float32))
+    meta = {"model": "resnet20", "crop_size": 8, "resize_size": 8, "mean": [0.5], "std": [0.25]}
+    convert.save(variables, meta, tmp_path / "digits")
+    argv = [f"--weights={tmp_path / 'digits'}", "--tfds=tiny_digits:test", f"--data-dir={tmp_path / 'tfds'}"]
+    script = (
+        "import sys; sys.modules['tensorflow'] = None\n"  # TensorFlow made unimportable
+        "from resnet_jax import evaluate; evaluate.main(sys.argv[1:])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, *argv, "--json"], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    from_tfds = json.loads(out.stdout)
+    # The same 40 PNGs written to class folders 0..9 (the dataset's label names).
+    import tensorflow_datasets as tfds
+
+    for i, example in enumerate(
+        tfds.data_source("tiny_digits", split="test", data_dir=str(tmp_path / "tfds"))
+    ):
+        folder = tmp_path / "folder" / str(example["label"])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(example["image"][..., 0]).save(folder / f"{i}.png")
+    from_folder = evaluation.evaluate_weights(str(tmp_path / "digits"), str(tmp_path / "folder"))
+    assert from_tfds["images"] == from_folder["images"] == 40
+    for key in ("top1", "top5"):
+        assert from_tfds[key] == from_folder[key]
+    assert abs(from_tfds["loss"] - from_folder["loss"]) < 1e-6  # the same pixels, in another order
