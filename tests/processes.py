@@ -8,6 +8,16 @@ import sys
 import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# Python source that makes TensorFlow unimportable for the rest of a ``python -c`` script,
+# to show that a command runs where only the ``prepare`` extra's TensorFlow is installed.
+BLOCK_TENSORFLOW = """
+import sys
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name == 'tensorflow' or name.startswith('tensorflow.'):
+            raise ModuleNotFoundError(f'No module named {name!r} (blocked by the test)', name=name)
+sys.meta_path.insert(0, NoTensorFlow())
+"""
 
 
 def xla_flags(devices: int = 1) -> str:

@@ -12,6 +12,7 @@ import tarfile
 
 import jax
 import numpy as np
+import processes
 import pytest
 from PIL import Image
 
@@ -140,7 +141,7 @@ def test_one_and_eight_devices_count_alike_and_match_by_name(tiny, cifar_folder)
     one = _evaluate_json([f"--weights={tiny}", str(cifar_folder), "--batch-size=16"])
     eight = _evaluate_json(
         [f"--weights={tiny}", str(cifar_folder), "--batch-size=12"],
-        {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+        {"XLA_FLAGS": processes.xla_flags(8)},
     )
     assert (one["devices"], eight["devices"], eight["batch_size"]) == (1, 8, 16)
     assert one["images"] == eight["images"] == 37 and one["matched_by"] == "name"
@@ -260,13 +261,12 @@ def test_a_tfds_split_scores_as_the_same_images_in_a_folder_without_tensorflow(t
     meta = {"model": "resnet20", "crop_size": 8, "resize_size": 8, "mean": [0.5], "std": [0.25]}
     convert.save(variables, meta, tmp_path / "digits")
     argv = [f"--weights={tmp_path / 'digits'}", "--tfds=tiny_digits:test", f"--data-dir={tmp_path / 'tfds'}"]
-    script = (
-        "import sys; sys.modules['tensorflow'] = None\n"  # TensorFlow made unimportable
-        "from resnet_jax import evaluate; evaluate.main(sys.argv[1:])"
-    )
+    script = processes.BLOCK_TENSORFLOW + "from resnet_jax import evaluate\nevaluate.main(sys.argv[1:])\n"
     out = subprocess.run(
-        [sys.executable, "-c", script, *argv, "--json"], capture_output=True, text=True, cwd=REPO, check=True
-    )
+        [sys.executable, "-c", script, *argv, "--json"], capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "EPATH_USE_TF": "false"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
     from_tfds = json.loads(out.stdout)
     # The same 40 PNGs written to class folders 0..9 (the dataset's label names).
     import tensorflow_datasets as tfds

@@ -280,19 +280,17 @@ def test_an_image_folder_with_odd_files_trains_names_the_bad_one_once_and_resume
 # `python -m train.main` with TensorFlow made unimportable, as on a host without it: a
 # meta-path finder refuses it. etils probes for TensorFlow with find_spec, which the finder
 # would break, so EPATH_USE_TF=false tells it the answer (on a host without TF it finds none).
-NO_TENSORFLOW = """
-import runpy, sys
-class NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name == 'tensorflow' or name.startswith('tensorflow.'):
-            raise ModuleNotFoundError(f'No module named {name!r} (blocked by the test)', name=name)
-sys.meta_path.insert(0, NoTensorFlow())
+NO_TENSORFLOW = (
+    processes.BLOCK_TENSORFLOW
+    + """
+import runpy
 sys.argv = ['train.main', *sys.argv[1:]]
 try:
     runpy.run_module('train.main', run_name='__main__', alter_sys=True)
 finally:
     print('tensorflow imported:', 'tensorflow' in sys.modules, flush=True)
 """
+)
 
 
 def _main_without_tensorflow(workdir, *flags):
