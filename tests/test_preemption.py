@@ -118,11 +118,13 @@ def test_sigterm_and_sigint_save_the_step_reached_and_the_rerun_ends_as_the_unin
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
     second = stop_time.saved_steps(run)[-1]
     assert f"stopped by SIGINT at step {second} of 100" in out and second >= first + 10
+    assert "tracked_metric" not in out  # Orbax's note on a save without eval metrics
     job = stop_time.start(run, cmd=cmd, env=env)  # the requeued job
     out = stop_time.output(job)
     assert job.returncode == 0, out[-3000:]
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # not requeued again
     assert f"resuming from the checkpoint at step {second} of 100" in out
+    assert "img_s=" in out and "img_s=0]" not in out and "img_s=0," not in out  # no speed until measured
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["status"], summary["steps"], summary["sessions"]) == ("finished", 100, 3)
     # Nothing lost and nothing done twice: each step trained once, on the batch the

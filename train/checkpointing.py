@@ -88,9 +88,18 @@ def os_error(error: BaseException) -> str:
     return f"[Errno {code}] {os.strerror(code)} ({errno.errorcode.get(code, '?')}){where}"
 
 
+_NO_METRICS_NOTE = "Requested `tracked_metric`; did not provide metrics."
+
+
 class _DropSaveErrors(logging.Filter):
     """Orbax's logged tracebacks of a failed save into ``directory``: its background threads
-    each log the same write error. ``SaveError`` reports it once, in one line."""
+    each log the same write error. ``SaveError`` reports it once, in one line.
+
+    And Orbax's warning that a step was saved without metrics while a best step is
+    tracked: the trainer saves such steps on purpose (a save between evals, the step a
+    signal stopped at), and the latest-N policy keeps them. Printed at a stop, it reads as
+    a failure just when the user checks that the stop went well.
+    """
 
     def __init__(self, directory: str):
         super().__init__()
@@ -98,7 +107,7 @@ class _DropSaveErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
-            return True
+            return not record.getMessage().startswith(_NO_METRICS_NOTE)
         error = record.exc_info[1] if record.exc_info else None
         return self.directory not in record.getMessage() + (str(error) if error else "")
 

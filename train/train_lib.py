@@ -414,9 +414,9 @@ def _log_window(s: Session, window: Window, step: int) -> Window:
         s.clock.train_s, s.clock.trained = s.clock.train_s + elapsed, s.clock.trained + n_steps
     metrics.update(lr=float(s.learning_rate_fn(step - 1)), images_per_s=images_per_s)
     s.writer.write(step, "train", metrics)
-    s.bar.set_postfix(
-        loss=f"{metrics['loss']:.4f}", acc=f"{metrics['top1']:.3f}", img_s=f"{images_per_s:.0f}"
-    )
+    # A window that only compiled (a run's or a resumed session's first) has no speed yet.
+    speed = {"img_s": f"{images_per_s:.0f}"} if n_steps > 0 else {}
+    s.bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['top1']:.3f}", **speed)
     s.ckpt.check()  # a failed save stops the run now, not at the next save
     return Window(step, time.time())
 
