@@ -441,3 +441,46 @@ def test_every_config_documents_its_command():
         module = importlib.import_module(f"train.configs.{name}")
         assert module.__doc__.startswith("python -m train.main"), name
         module.get_config().lock()  # builds, and every field is plain data
+
+
+def test_a_failed_preparation_names_its_real_cause_first_on_one_line(monkeypatch):
+    # A package missing from TFDS's builder is named as such, not blamed on the network;
+    # a network error comes first, with the offline hint after it, on the same line.
+    import types
+
+    import tensorflow_datasets as tfds
+
+    from train.input_pipeline import datasets
+
+    class Unprepared:
+        data_dir = "/data/cifar10/3.0.2"
+
+        def __init__(self, error):
+            self.error = error
+
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self, download_config):
+            raise self.error
+
+    monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))  # as if installed
+    missing = ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources")
+    offline = ConnectionError(
+        "Max retries exceeded with url: /~kriz/cifar-10-binary.tar.gz\n(name resolution)"
+    )
+    for error, expected in (
+        (missing, "its builder needs the module 'importlib_resources', which is not installed; pip install"),
+        (
+            offline,
+            "3.0.2': Max retries exceeded with url: /~kriz/cifar-10-binary.tar.gz (name resolution). "
+            "Offline?",
+        ),
+    ):
+        monkeypatch.setattr(tfds, "builder", lambda *a, error=error, **k: Unprepared(error))
+        with pytest.raises(RuntimeError) as info:
+            datasets.tfds_source("cifar10", "", "")
+        message = str(info.value)
+        assert message.startswith("could not prepare TFDS dataset 'cifar10' in '/data/cifar10/3.0.2': ")
+        assert expected in message and "\n" not in message, message
+        assert ("Offline?" in message) == (error is offline)

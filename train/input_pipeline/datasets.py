@@ -239,6 +239,8 @@ def _prepare(name: str, data_dir: str, manual_dir: str) -> Any:
             f"imagenette, imagenet2012 (tfds.list_builders() has all {len(known) - 2})"
         ) from e
     if not builder.is_prepared():
+        # TensorFlow's C++ start-up notes (oneDNN, CPU features) would bury the error line.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
             import tensorflow  # noqa: F401  (TFDS's builders write their files with it)
         except ImportError as e:
@@ -252,13 +254,24 @@ def _prepare(name: str, data_dir: str, manual_dir: str) -> Any:
         try:
             builder.download_and_prepare(download_config=download_config)
         except Exception as e:
-            raise RuntimeError(
-                f"could not prepare TFDS dataset {name!r} in {builder.data_dir!r}: {e}\n"
-                "Offline? Prepare it on a connected machine (`tfds build NAME "
-                "--file_format=array_record`) and pass its --config.data_dir; manual-download "
-                "datasets (imagenet2012) need --config.manual_dir."
-            ) from e
+            raise RuntimeError(_not_prepared(name, builder.data_dir, e)) from e
     return builder
+
+
+def _not_prepared(name: str, where: str, error: BaseException) -> str:
+    """One line: why preparing ``name`` failed, the cause first, then what to do."""
+    cause = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, ModuleNotFoundError):  # a package TFDS's builder needs, not the network
+        return (
+            f"could not prepare TFDS dataset {name!r} in {where!r}: its builder needs the module "
+            f"{error.name!r}, which is not installed; pip install {error.name} (or reinstall the "
+            'extra: pip install -e ".[prepare]")'
+        )
+    return (
+        f"could not prepare TFDS dataset {name!r} in {where!r}: {cause}. Offline? Prepare it on a "
+        "connected machine (`tfds build NAME --file_format=array_record`) and pass its "
+        "--config.data_dir; manual-download datasets (imagenet2012) need --config.manual_dir."
+    )
 
 
 def tfds_source(name: str, data_dir: str, manual_dir: str) -> Source:
