@@ -288,3 +288,32 @@ def test_accelerator_reports_the_last_evaluation_of_an_unfinished_run(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert accelerator._last_eval(str(tmp_path / "metrics.jsonl"))["step"] == 2000
     assert accelerator._last_eval(str(tmp_path / "missing.jsonl")) is None
+
+
+@pytest.mark.skipif(not CIFAR.exists(), reason="needs ../shared/datasets/cifar10-jpeg.tar.gz")
+def test_evaluate_bench_prints_both_loops_counting_alike():
+    pytest.importorskip("torch")
+    proc = _run("bench.evaluate", "--model=resnet18", "--images=12", "--batch-size=4", "--workers=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [
+        line.split("|")
+        for line in proc.stdout.splitlines()
+        if line.startswith("| resnet_jax") or line.startswith("| torchvision")
+    ]
+    assert len(rows) == 2, proc.stdout
+    ours, theirs = ([cell.strip() for cell in row[2:6]] for row in rows)
+    assert ours[:2] == theirs[:2] and abs(float(ours[2]) - float(theirs[2])) < 1e-4
+    assert float(ours[3]) > 0 and float(theirs[3]) > 0
+
+
+def test_evaluate_bench_refuses_bad_input(capsys):
+    pytest.importorskip("torch")
+    from bench import evaluate
+
+    for argv, message in (
+        (["--images=0"], "--images=0: must be >= 1"),
+        (["--model=vgg16"], "--model=vgg16: valid:"),
+    ):
+        with pytest.raises(SystemExit):
+            evaluate.main(argv)
+        assert message in capsys.readouterr().err
