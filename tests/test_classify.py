@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 
+import cli
 import jax
 import numpy as np
 import pytest
@@ -305,13 +306,7 @@ def test_cli_errors_name_the_file_or_the_source(tiny, photos, tmp_path, capsys):
         ),
         ([f"--weights={tiny}", str(photos[0]), "--top=0"], "--top=0: must be >= 1"),
     ]
-    for argv, message in cases:
-        with pytest.raises(SystemExit) as exit_info:
-            predict.main(argv)
-        captured = capsys.readouterr()
-        assert exit_info.value.code == 1, argv
-        assert captured.err.startswith("error: ") and message in captured.err, (argv, captured.err)
-        assert len(captured.err.strip().splitlines()) == 1 and not captured.out, argv
+    cli.assert_one_error_line_each(predict.main, cases, capsys)
 
 
 def _shapes_and_modes(rng):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 
+import cli
 import jax
 import numpy as np
 import processes
@@ -241,13 +242,7 @@ def test_bad_input_is_one_error_line(tiny, cifar_folder, tmp_path, capsys):
         ([w, "--tfds=cifar10:test", f"--data-dir={tmp_path}"], f"cifar10 is not prepared in {tmp_path}"),
         ([w, str(cifar_folder), "--batch-size=0"], "--batch-size=0: must be >= 1"),
     ]
-    for argv, message in cases:
-        with pytest.raises(SystemExit) as exit_info:
-            evaluate.main(argv)
-        captured = capsys.readouterr()
-        assert exit_info.value.code == 1, argv
-        assert captured.err.startswith("error: ") and message in captured.err, (argv, captured.err)
-        assert len(captured.err.strip().splitlines()) == 1 and not captured.out, argv
+    cli.assert_one_error_line_each(evaluate.main, cases, capsys)
 
 
 @pytest.mark.prepare
