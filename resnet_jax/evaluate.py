@@ -23,6 +23,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from resnet_jax import evaluation, user_errors
 from resnet_jax.preprocessing import Preprocessing
 
@@ -104,7 +106,7 @@ def _report(result: dict[str, Any], args: Any) -> None:
             top1 = f"{r['top1']:7.2f}%" if r["top1"] is not None else "     n/a"
             print(f"  {r['class']:{width}}  {top1}  of {r['images']:,}")
         if len(result["class_names"]) <= evaluation.CONFUSION_MAX_CLASSES:
-            evaluation.plot_confusion(result, args.confusion_matrix)
+            plot_confusion(result, args.confusion_matrix)
             print(f"confusion matrix: {os.path.abspath(args.confusion_matrix)}")
     print(
         f"top-1 {result['top1']:.3f}%  top-5 {result['top5']:.3f}%  loss {result['loss']:.4f}  "
@@ -127,6 +129,38 @@ def _write_atomically(path: str, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def plot_confusion(result: dict[str, Any], path: str) -> None:
+    """A PNG of ``result['confusion']`` (``evaluate_weights(per_class=True)``), rows
+    normalised to the share of each true class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(result["confusion"], np.float64)
+    names = list(result["class_names"])
+    columns = [*names, "other"] if counts[:, -1].any() else names
+    counts = counts[:, : len(columns)]
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    k = len(names)
+    side = min(4 + 0.28 * k, 30)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(columns)), columns, rotation=90)
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for (i, j), v in np.ndenumerate(counts):
+            if v:
+                color = "white" if shares[i, j] > 0.5 else "black"
+                ax.text(j, i, int(v), ha="center", va="center", fontsize=7, color=color)
+    ax.set_title(f"top-1 {result['top1']:.2f}% on {result['images']:,} images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

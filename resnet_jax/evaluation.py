@@ -15,6 +15,8 @@ classes by the names it trained with. Images are read and preprocessed in thread
 (the listing reads no pixels), the uint8 crops are sharded over every local device and
 normalised there, and the last batch is padded and masked, so each image counts once.
 A file that does not decode is skipped and named, and the metrics cover the others.
+The data and the class matching are ``resnet_jax.labelled``'s, the scoring of a batch
+``resnet_jax.scoring``'s.
 """
 
 from __future__ import annotations
@@ -23,159 +25,22 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import difflib
 import math
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from resnet_jax import classes, sources
-from resnet_jax.preprocessing import IMAGE_EXTENSIONS, INTERPOLATIONS, Preprocessing, decode_image
+from resnet_jax import scoring
+from resnet_jax.labelled import LabelledImages, folder_images, match_classes, tfds_images
+from resnet_jax.preprocessing import INTERPOLATIONS, Preprocessing, decode_image
 
-TOP_K = 5
 WORST_SHOWN = 10  # classes listed by ``per_class``
 CONFUSION_MAX_CLASSES = 100  # a confusion-matrix picture beyond this is unreadable
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelledImages:
-    """Images with their labels: ``read(i)`` gives image i's encoded bytes, ``name(i)``
-    how a message names it; ``labels[i]`` indexes ``class_names``."""
-
-    description: str
-    class_names: list[str]
-    labels: np.ndarray
-    read: Callable[[int], bytes]
-    name: Callable[[int], str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def _listdir(folder: str) -> list[os.DirEntry]:
-    with os.scandir(folder) as entries:
-        return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
-
-
-def folder_images(root: str) -> LabelledImages:
-    """ROOT/CLASS/IMAGE: the class folders sorted by name, each one's image files
-    (``IMAGE_EXTENSIONS``, not hidden) sorted by name. Lists names only; reads no image."""
-    root = os.path.expanduser(root)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such folder (DATA is a folder of class folders)")
-    entries = _listdir(root)
-    class_dirs = [e for e in entries if e.is_dir()]
-    if not class_dirs:
-        loose = sum(e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) for e in entries)
-        found = f"holds {loose} image files but no class folder" if loose else "is empty"
-        raise ValueError(
-            f"{root} {found}: DATA must hold one folder per class, ROOT/CLASS/IMAGE, as torchvision's "
-            "ImageFolder reads it"
-        )
-    paths, labels = [], []
-    for label, d in enumerate(class_dirs):
-        files = [
-            e.path for e in _listdir(d.path) if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()
-        ]
-        paths += files
-        labels += [label] * len(files)
-    names = [d.name for d in class_dirs]
-    if not paths:
-        raise ValueError(
-            f"{root}: its {len(names)} class folders ({', '.join(names[:5])}"
-            f"{', ...' if len(names) > 5 else ''}) hold no image file ({', '.join(IMAGE_EXTENSIONS)})"
-        )
-
-    def read(i: int) -> bytes:
-        with open(paths[i], "rb") as f:
-            return f.read()
-
-    count = f"{len(paths):,} images in {len(names)} class folder{'s' if len(names) != 1 else ''}"
-    return LabelledImages(
-        f"{os.path.abspath(root)} ({count})", names, np.asarray(labels), read, paths.__getitem__
-    )
-
-
-def tfds_images(spec: str, data_dir: str | None = None) -> LabelledImages:
-    """A prepared TFDS split, ``NAME:SPLIT`` (``imagenet2012:validation``), read from its
-    ArrayRecord files through ``tfds.data_sources``: no TensorFlow."""
-    try:
-        import tensorflow_datasets as tfds
-        from tensorflow_datasets.core import read_only_builder
-    except ImportError as e:
-        raise ImportError(
-            f"--tfds needs tensorflow-datasets ({e}): pip install 'resnet_jax[train]'"
-        ) from None
-    name, _, split = spec.partition(":")
-    try:
-        builder = read_only_builder.builder_from_files(name, data_dir=data_dir or None)
-    except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, ValueError):
-        known = tfds.list_builders(with_community_datasets=False)
-        where = data_dir or os.path.join("~", "tensorflow_datasets")
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else " (tfds.list_builders() lists them)"
-            raise ValueError(f"--tfds={spec!r}: {name!r} is not a TFDS dataset{hint}") from None
-        raise ValueError(
-            f"--tfds={spec!r}: {name} is not prepared in {where}; prepare it with `tfds build {name} "
-            "--file_format=array_record` (or a trainer run on it) and pass --data-dir"
-        ) from None
-    splits = list(builder.info.splits)
-    if not split:
-        split = next((s for s in ("validation", "test") if s in splits), "")
-    if split not in splits:
-        raise ValueError(f"--tfds={spec!r}: split {split!r} is not one of {name}'s: {', '.join(splits)}")
-    keys = builder.info.supervised_keys
-    if not keys or keys[0] != "image":
-        raise ValueError(f"--tfds={spec!r}: not an image-classification dataset (supervised keys {keys})")
-    try:
-        source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-    except (ValueError, KeyError, NotImplementedError) as e:
-        raise ValueError(
-            f"--tfds={spec!r}: cannot be read as a data source ({e}); it must be prepared as "
-            "ArrayRecord (`tfds build NAME --file_format=array_record`)"
-        ) from None
-    label_key = keys[1]
-    labels = np.asarray([int(r[label_key]) for r in source], np.int64) if len(source) else np.zeros(0, int)
-    if not len(labels):
-        raise ValueError(f"--tfds={spec!r}: the split holds no example")
-    tag = f"{name}:{split}"
-    return LabelledImages(
-        f"tfds {tag} ({len(labels):,} images, {builder.data_dir})",
-        list(builder.info.features[label_key].names),
-        labels,
-        lambda i: source[i]["image"],
-        lambda i: f"{tag}[{i}]",
-    )
-
-
-def match_classes(data_names: Sequence[str], weights_names: Sequence[str]) -> tuple[np.ndarray, str]:
-    """The weights' index of each data class, and how they matched ('WordNet id' or
-    'name'). ImageNet-1k weights match WordNet ids (``n01440764``) and their class
-    names; others their class names. Raises ``ValueError`` naming unmatched classes."""
-    by_name: dict[str, int] = {}
-    for i, n in enumerate(weights_names):
-        by_name.setdefault(str(n), i if str(n) not in by_name else -1)  # -1: an ambiguous name
-    by_id = {}
-    if list(weights_names) == classes.imagenet_classes():
-        by_id = {w: i for i, w in enumerate(classes.imagenet_wnids())}
-    index = np.asarray([by_id.get(n, by_name.get(n, -1)) for n in data_names], np.int64)
-    missing = [n for n, i in zip(data_names, index) if i < 0]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
-        kind = "WordNet ids (n01440764) or class names" if by_id else "class names"
-        raise ValueError(
-            f"{len(missing)} of the data's {len(data_names)} classes are not among the weights' "
-            f"{len(weights_names)} {kind}: {shown}; {len(data_names) - len(missing)} matched "
-            f"(the weights' first: {', '.join(map(str, list(weights_names)[:3]))})"
-        )
-    matched_by = "WordNet id" if by_id and all(n in by_id for n in data_names) else "name"
-    return index, matched_by
 
 
 def with_overrides(
@@ -217,79 +82,6 @@ def with_overrides(
         resize_size=resize_size,
         interpolation=interpolation or preprocessing.interpolation,
     )
-
-
-@dataclasses.dataclass
-class _Scorer:
-    """What scores a batch: ``score(inputs, labels) -> (loss, top-k indices)`` per image,
-    over the inputs ``prepare(image)`` makes (uint8 crops, or an artifact's own inputs)."""
-
-    preprocessing: Preprocessing
-    class_names: list[str]
-    model: str
-    description: str
-    devices: int
-    param_count: float | None
-    prepare: Callable[[np.ndarray], np.ndarray]
-    score: Callable[[np.ndarray, np.ndarray], tuple[Any, Any]]
-
-
-def _model_scorer(loaded: sources.Loaded, preprocessing: Preprocessing) -> _Scorer:
-    """(uint8 crops, weights-index labels) -> (loss, top-k), jitted with the batch sharded
-    over every local device, normalised there, and the variables replicated."""
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    mesh = Mesh(np.asarray(jax.local_devices()), ("batch",))
-    batch, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
-    variables = {
-        "params": loaded.variables["params"],
-        "batch_stats": loaded.variables.get("batch_stats") or {},
-    }
-    variables = jax.device_put(variables, replicated)
-    k = min(TOP_K, len(loaded.class_names))
-
-    def score(variables, crops, labels):
-        logits = loaded.model.apply(variables, preprocessing.finish(crops), train=False).astype(jnp.float32)
-        log_p = jax.nn.log_softmax(logits)
-        loss = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
-        return loss, jax.lax.top_k(logits, k)[1]
-
-    jitted = jax.jit(score, in_shardings=(replicated, batch, batch), out_shardings=batch)
-    params = sum(int(np.size(x)) for x in jax.tree.leaves(loaded.variables["params"]))
-    return _Scorer(
-        preprocessing, loaded.class_names, loaded.name, loaded.description, jax.local_device_count(),
-        params / 1e6, preprocessing.crop, lambda x, y: jax.device_get(jitted(variables, x, y)),
-    )  # fmt: skip
-
-
-def _artifact_scorer(path: str) -> _Scorer:
-    """An export artifact, on its own model inputs (its preprocessing is compiled in)."""
-    from resnet_jax.classifier import Classifier
-
-    served = Classifier.from_artifact(path)
-    k = min(TOP_K, len(served.class_names))
-
-    def score(inputs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        p = np.asarray(served.forward(inputs), np.float64)
-        loss = -np.log(np.maximum(p[np.arange(len(labels)), labels], 1e-45))
-        return loss, Classifier.top_indices(p, k)
-
-    return _Scorer(served.preprocessing, served.class_names, "", path, 1, None, served.input, score)
-
-
-def _scorer(weights: str, model: str | None, ema: bool | None, overrides: dict[str, Any]) -> _Scorer:
-    path = os.path.expanduser(weights)
-    if os.path.isfile(path) and (path.endswith(".jaxexport") or os.path.exists(path + ".json")):
-        named = [f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None]
-        if named:
-            raise ValueError(
-                f"{' and '.join(named)}: an export artifact's input is compiled in; export again"
-            )
-        return _artifact_scorer(path)
-    loaded = sources.resolve(weights, model=model, ema=ema)
-    return _model_scorer(loaded, with_overrides(loaded.preprocessing, **overrides))
 
 
 def _batches(
@@ -366,7 +158,7 @@ def evaluate_weights(
     if batch_size < 1:
         raise ValueError(f"--batch-size={batch_size}: must be >= 1")
     overrides = dict(image_size=image_size, crop_pct=crop_pct, resize=resize, interpolation=interpolation)
-    scorer = _scorer(weights, model, ema, overrides)
+    scorer = scoring.scorer(weights, model, ema, overrides, with_overrides)
     data = folder_images(folder) if folder is not None else tfds_images(tfds, data_dir)
     target_of, matched_by = match_classes(data.class_names, scorer.class_names)
     batch_size = -(-batch_size // scorer.devices) * scorer.devices
@@ -421,7 +213,7 @@ class _Outcome:
 
 
 def _score_all(
-    scorer: _Scorer,
+    scorer: scoring.Scorer,
     data: LabelledImages,
     target_of: np.ndarray,
     batch_size: int,
@@ -444,7 +236,7 @@ def _score_all(
     blank = scorer.prepare(np.zeros((*prep.identity_size, prep.channels), np.uint8))
     blank = np.zeros((batch_size, *blank.shape), blank.dtype)
     scorer.score(blank, np.zeros(batch_size, np.int32))  # compiled before the clock starts
-    n, k = len(data), min(TOP_K, len(scorer.class_names))
+    n, k = len(data), min(scoring.TOP_K, len(scorer.class_names))
     out = _Outcome(np.zeros(n), np.full((n, k), -1, np.int64), np.zeros(n, bool), [], 0.0)
     bar = tqdm(total=n, unit="image", disable=None if progress is None else not progress, file=sys.stderr)
     start = time.perf_counter()
@@ -489,35 +281,3 @@ def _per_class(data: LabelledImages, target_of: np.ndarray, out: _Outcome) -> di
     confusion = np.zeros((k, k + 1), np.int64)
     np.add.at(confusion, (labels, data_class_of[predicted[scored]]), 1)
     return {"per_class": rows, "class_names": list(data.class_names), "confusion": confusion.tolist()}
-
-
-def plot_confusion(result: dict[str, Any], path: str) -> None:
-    """A PNG of ``result['confusion']`` (``evaluate_weights(per_class=True)``), rows
-    normalised to the share of each true class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = np.asarray(result["confusion"], np.float64)
-    names = list(result["class_names"])
-    columns = [*names, "other"] if counts[:, -1].any() else names
-    counts = counts[:, : len(columns)]
-    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    k = len(names)
-    side = min(4 + 0.28 * k, 30)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(columns)), columns, rotation=90)
-    ax.set_yticks(range(k), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if k <= 20:
-        for (i, j), v in np.ndenumerate(counts):
-            if v:
-                color = "white" if shares[i, j] > 0.5 else "black"
-                ax.text(j, i, int(v), ha="center", va="center", fontsize=7, color=color)
-    ax.set_title(f"top-1 {result['top1']:.2f}% on {result['images']:,} images")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

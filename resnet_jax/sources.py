@@ -13,7 +13,8 @@ A SOURCE is one of:
   ``Preprocessing`` the trainer used (the library does not rebuild it from the trainer's
   fields, except for checkpoints saved before runs kept it).
 
-``resnet_jax.predict`` also takes an export artifact, which holds no variables.
+``resnet_jax.predict``, ``resnet_jax.classify`` and ``resnet_jax.evaluate`` also take an
+export artifact, which holds no variables.
 """
 
 from __future__ import annotations
