@@ -277,3 +277,22 @@ def test_a_tfds_split_scores_as_the_same_images_in_a_folder_without_tensorflow(t
     for key in ("top1", "top5"):
         assert from_tfds[key] == from_folder[key]
     assert abs(from_tfds["loss"] - from_folder["loss"]) < 1e-6  # the same pixels, in another order
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_an_export_artifact_evaluates_as_its_weights(tiny, cifar_folder, tmp_path, raw):
+    # The float artifact is fed the same crops; the raw-input one takes uint8 images and
+    # resizes and crops them in its graph (PIL's filter, bit for bit), so both count the
+    # same hits as the converted weights they were exported from.
+    from resnet_jax import export
+
+    artifact = tmp_path / "tiny.jaxexport"
+    export.main(
+        [f"--weights={tiny}", f"--out={artifact}", "--platforms=cpu", *(["--raw-input"] if raw else [])]
+    )
+    served = evaluation.evaluate_weights(str(artifact), str(cifar_folder), batch_size=8)
+    own = evaluation.evaluate_weights(tiny, str(cifar_folder), batch_size=8)
+    assert (served["images"], served["top1"], served["top5"]) == (own["images"], own["top1"], own["top5"])
+    assert abs(served["loss"] - own["loss"]) < 1e-4  # probabilities through a log, float32
+    with pytest.raises(ValueError, match="--crop-pct: an export artifact's input is compiled in"):
+        evaluation.evaluate_weights(str(artifact), str(cifar_folder), crop_pct=1.0)
