@@ -155,6 +155,8 @@ class _Block(nn.Module):
         by 1 / (1 - drop_path), so its expectation is unchanged; needs a ``'dropout'``
         rng. Identity when ``deterministic``.
       deterministic: evaluation mode for ``drop_path``.
+      attn: channel attention on the branch after its last norm (``resnet_jax.attention``;
+        post-activation blocks), as a factory called with ``name``; None: none.
     """
 
     filters: int
@@ -169,6 +171,7 @@ class _Block(nn.Module):
     conv_bias: bool = False
     drop_path: float = 0.0
     deterministic: bool = True
+    attn: ModuleDef | None = None
 
     expansion: ClassVar[int] = 1
     preact: ClassVar[bool] = False
@@ -187,10 +190,11 @@ class _Block(nn.Module):
             return y
         return drop_path(y, self.drop_path, self.make_rng("dropout"))
 
-    def _last_norm(self, name: str) -> nn.Module:
-        if self.zero_init_last:
-            return self.norm(scale_init=nn.initializers.zeros, name=name)
-        return self.norm(name=name)
+    def _last_norm(self, name: str, y: Array) -> Array:
+        """The branch's last norm, then its attention, then stochastic depth."""
+        init = {"scale_init": nn.initializers.zeros} if self.zero_init_last else {}
+        y = self.norm(name=name, **init)(y)
+        return self._drop_path(y if self.attn is None else self.attn(name="attn")(y))
 
     def _last_conv(self) -> ModuleDef:
         conv = functools.partial(self.conv, use_bias=self.conv_bias)
@@ -211,7 +215,7 @@ class BasicBlock(_Block):
         y = conv3x3(self.conv, self.filters, self.strides, name="conv1")(x)
         y = self.act(self.norm(name="norm1")(y))
         y = conv3x3(self.conv, self.filters, name="conv2")(y)
-        y = self._drop_path(self._last_norm("norm2")(y))
+        y = self._last_norm("norm2", y)
         s = shortcut(x, self.shortcut, self.out_features, self.strides, self.conv, self.norm)
         return self.act(y + s)
 
@@ -239,7 +243,7 @@ class Bottleneck(_Block):
         y = conv3x3(self.conv, width, s3, self.groups, name="conv2")(y)
         y = self.act(self.norm(name="norm2")(y))
         y = conv1x1(self.conv, self.out_features, name="conv3")(y)
-        y = self._drop_path(self._last_norm("norm3")(y))
+        y = self._last_norm("norm3", y)
         s = shortcut(x, self.shortcut, self.out_features, self.strides, self.conv, self.norm)
         return self.act(y + s)
 

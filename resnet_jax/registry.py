@@ -47,7 +47,38 @@ _KERAS_V2 = dict(
     preact=True, stage_strides=(2, 2, 2, 1), downsample_last=True, conv_bias=True, pool_pad_zeros=True
 )
 
+
+def _timm_attn(
+    layers: tuple[int, ...], attn: str, deep: bool = False, block: type[nn.Module] = Bottleneck, **kw: Any
+) -> partial[ResNet]:
+    """timm's SE and ECA ResNets: ``layers`` of ``block``, channel attention in each;
+    ``deep``: the deep stem and ResNet-D shortcut (timm's "d")."""
+    if deep:
+        kw.update(stem="deep", shortcut="D")
+    return partial(ResNet, stage_sizes=layers, block=block, attn_layer=attn, **kw)
+
+
+_X32x4, _X32x8, _X64x4 = (dict(groups=g, width_per_group=w) for g, w in ((32, 4), (32, 8), (64, 4)))
+_D269 = (3, 30, 48, 8)
+# timm's channel-attention ResNets (Hu et al. 2018's SE, Wang et al. 2020's ECA), by timm's names.
+_ATTENTION_MODELS: dict[str, partial[ResNet]] = {
+    "seresnet18": _timm_attn(_DEPTHS[18], "se", block=BasicBlock),
+    "seresnet34": _timm_attn(_DEPTHS[34], "se", block=BasicBlock),
+    **{f"seresnet{d}": _timm_attn(_DEPTHS[d], "se") for d in (50, 101, 152)},
+    **{f"seresnet{d}d": _timm_attn(_DEPTHS.get(d, _D269), "se", deep=True) for d in (152, 200, 269)},
+    "seresnext26d_32x4d": _timm_attn((2, 2, 2, 2), "se", deep=True, **_X32x4),
+    "seresnext50_32x4d": _timm_attn(_DEPTHS[50], "se", **_X32x4),
+    "seresnext101_32x4d": _timm_attn(_DEPTHS[101], "se", **_X32x4),
+    "seresnext101_32x8d": _timm_attn(_DEPTHS[101], "se", **_X32x8),
+    "seresnext101d_32x8d": _timm_attn(_DEPTHS[101], "se", deep=True, **_X32x8),
+    "seresnext101_64x4d": _timm_attn(_DEPTHS[101], "se", **_X64x4),
+    **{f"ecaresnet{d}d": _timm_attn(_DEPTHS.get(d, _D269), "eca", deep=True) for d in (50, 101, 200, 269)},
+    # ResNet-D's shortcut without its deep stem.
+    "ecaresnetlight": _timm_attn((1, 1, 11, 3), "eca", shortcut="D"),
+}
+
 _MODELS: dict[str, partial[ResNet]] = {
+    **_ATTENTION_MODELS,
     **{f"resnet{d}": _imagenet(d) for d in _DEPTHS},
     **{f"resnet{d}d": _imagenet(d, stem="deep", shortcut="D") for d in (18, 34, 50, 101, 152, 200)},
     **{f"resnetv2_{d}": _imagenet(d, preact=True) for d in _DEPTHS},

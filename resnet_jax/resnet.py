@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_jax.attention import ATTENTION_LAYERS
 from resnet_jax.blocks import (
     Array,
     BasicBlock,
@@ -88,6 +89,9 @@ class ResNet(nn.Module):
       norm: normalisation factory: ``BatchNorm`` (default: torchvision's momentum
         and epsilon), ``FrozenBatchNorm``, ``functools.partial(nn.GroupNorm, ...)``.
       act: activation, e.g. ``nn.relu`` or ``nn.swish``.
+      attn_layer: channel attention in every block, after its last norm: ``"se"``
+        (squeeze-and-excitation) or ``"eca"`` (efficient channel attention), with
+        timm's sizes (``resnet_jax.attention``); None for none. Post-activation blocks.
       frozen_norm_parts: parts (``"stem"``, ``"stage1"`` ...) whose BatchNorms always
         use their running averages and never update them, even in train mode: frozen
         BatchNorm for fine-tuning a partly frozen backbone. The final norm of a v2
@@ -118,12 +122,16 @@ class ResNet(nn.Module):
     norm: ModuleDef = BatchNorm
     act: Callable[[Array], Array] = nn.relu
     frozen_norm_parts: Sequence[str] = ()
+    attn_layer: str | None = None
 
     def _check(self, x: Array) -> None:
         if self.stem not in STEMS:
             raise ValueError(f"unknown stem {self.stem!r}; valid: {', '.join(STEMS)}")
         if self.shortcut not in SHORTCUT_TYPES:
             raise ValueError(f"unknown shortcut {self.shortcut!r}; valid: {', '.join(SHORTCUT_TYPES)}")
+        if self.attn_layer is not None and (self.attn_layer not in ATTENTION_LAYERS or self.block.preact):
+            valid = ", ".join(ATTENTION_LAYERS)
+            raise ValueError(f"attn_layer={self.attn_layer!r}: {valid} or None, in post-activation blocks")
         for field in ("drop_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 raise ValueError(f"{field}={getattr(self, field)} must be in [0, 1)")
@@ -228,6 +236,9 @@ class ResNet(nn.Module):
             block_kw["conv_bias"] = self.conv_bias
         elif self.block.expansion > 1:
             block_kw["stride_in_1x1"] = self.stride_in_1x1
+        if self.attn_layer is not None:
+            attn = ATTENTION_LAYERS[self.attn_layer]
+            block_kw["attn"] = functools.partial(attn, dtype=self.dtype, param_dtype=self.param_dtype)
 
         features: dict[str, Array] = {}
         x = self._stem(jnp.asarray(x, self.dtype), conv, norm)

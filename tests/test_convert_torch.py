@@ -91,6 +91,19 @@ def test_timm_resnet_d_logits_match():
     _compare(torch_model, variables, "resnet50d")
 
 
+@pytest.mark.parametrize("name", ["seresnet18", "seresnext26d_32x4d", "ecaresnet50d", "ecaresnetlight"])
+def test_timm_channel_attention_logits_match_at_two_sizes(name):
+    # SE in basic blocks and in grouped bottlenecks with the deep stem, ECA with and
+    # without it: timm's own init for their weights, BatchNorm randomised and calibrated.
+    timm = pytest.importorskip("timm")
+    torch_model = _randomize(timm.create_model(name, pretrained=False, num_classes=7), seed=6)
+    variables = convert.from_timm(torch_model.state_dict(), name)
+    block = variables["params"]["stage1_block1"]["attn"]
+    assert set(block) == ({"conv"} if name.startswith("eca") else {"fc1", "fc2"})
+    for size in (64, 96):
+        _compare(torch_model, variables, name, size=size)
+
+
 def test_mismatch_names_the_parameter_and_both_shapes():
     state = _randomize(tv_models.resnet18(num_classes=7), seed=4).state_dict()
     with pytest.raises(ValueError, match=r"torchvision 'layer1.0.conv1.weight' -> .*conv1/kernel: shape"):

@@ -44,7 +44,7 @@ def _filled_variables(model, x, seed=0):
 # their family's 50-layer member runs here (the same code, other stage sizes); they took
 # about 3 minutes of the suite together. They are traced below in training mode (shapes,
 # dtypes, the BatchNorm statistics), and test_registry counts their parameters.
-DEEP = re.compile(r"(101|152|200|1202)")
+DEEP = re.compile(r"(101|152|200|269|1202)")
 
 
 @pytest.mark.parametrize("name", [n for n in resnet_jax.list_models() if not DEEP.search(n)])

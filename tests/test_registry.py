@@ -39,6 +39,64 @@ OTHER_PARAMS = {
 }
 
 
+# timm 1.0.31's SE and ECA ResNets, 1000 classes: sum(p.numel() for p in
+# timm.create_model(name).parameters()), each checked again against timm by
+# test_timm_attention_nets_have_timms_parameter_counts where timm is installed.
+TIMM_ATTENTION_PARAMS = {
+    "ecaresnet101d": 44_568_563,
+    "ecaresnet200d": 64_693_400,
+    "ecaresnet269d": 102_093_077,
+    "ecaresnet50d": 25_576_350,
+    "ecaresnetlight": 30_162_046,
+    "seresnet101": 49_326_872,
+    "seresnet152": 66_821_848,
+    "seresnet152d": 66_841_080,
+    "seresnet18": 11_779_624,
+    "seresnet200d": 71_855_096,
+    "seresnet269d": 113_672_760,
+    "seresnet34": 21_960_416,
+    "seresnet50": 28_088_024,
+    "seresnext101_32x4d": 48_955_416,
+    "seresnext101_32x8d": 93_569_048,
+    "seresnext101_64x4d": 88_232_984,
+    "seresnext101d_32x8d": 93_588_280,
+    "seresnext26d_32x4d": 16_809_512,
+    "seresnext50_32x4d": 27_559_896,
+}
+# timm's ResNet module (timm.list_models(module="resnet")) names resnet_jax does not have
+# yet, each with what it needs. A timm name in neither list fails the test below.
+TIMM_NOT_YET = {
+    **dict.fromkeys(
+        ("ecaresnet26t", "ecaresnet50t", "ecaresnext26t_32x4d", "ecaresnext50t_32x4d", "resnet10t",
+         "resnet14t", "resnet26t", "resnet50t", "seresnet50t", "seresnext26t_32x4d"),
+        "the tiered deep stem (24, 32, then 64 channels)",
+    ),
+    **dict.fromkeys(
+        ("resnetaa34d", "resnetaa50", "resnetaa50d", "resnetaa101d", "seresnetaa50d",
+         "seresnextaa101d_32x8d", "seresnextaa201d_32x8d", "resnetblur18", "resnetblur50",
+         "resnetblur50d", "resnetblur101d"),
+        "anti-aliased downsampling (timm's aa_layer)",
+    ),
+    **dict.fromkeys(
+        ("resnetrs50", "resnetrs101", "resnetrs152", "resnetrs200", "resnetrs270", "resnetrs350",
+         "resnetrs420"),
+        "ResNet-RS's stem widths and scaling",
+    ),
+    **dict.fromkeys(("resnet50c", "resnet101c", "resnet152c"), "the deep stem with a plain shortcut"),
+    **dict.fromkeys(("resnet50s", "resnet101s", "resnet152s"), "the 64-64-128 deep stem"),
+    **dict.fromkeys(
+        ("resnet26", "resnet26d", "resnext50d_32x4d", "resnext101_32x4d", "resnext101_32x16d",
+         "resnext101_32x32d"),
+        "a registered name only (plain variants of existing blocks)",
+    ),
+    "resnet50_gn": "GroupNorm as a registered variant",
+    "ecaresnet50d_pruned": "per-block pruned widths",
+    "ecaresnet101d_pruned": "per-block pruned widths",
+    "senet154": "SENet's own stem and 3x3 downsampling",
+    "test_resnet": "timm's test model",
+}  # fmt: skip
+
+
 def n_params(name, **overrides):
     model = resnet_jax.create_model(name, **overrides)
     size = 32 if model.stem == "cifar" else 64
@@ -48,7 +106,8 @@ def n_params(name, **overrides):
 
 
 @pytest.mark.parametrize(
-    "name,expected", sorted({**TORCHVISION_PARAMS, **CIFAR_PARAMS, **OTHER_PARAMS}.items())
+    "name,expected",
+    sorted({**TORCHVISION_PARAMS, **CIFAR_PARAMS, **OTHER_PARAMS, **TIMM_ATTENTION_PARAMS}.items()),
 )
 def test_param_count(name, expected):
     assert n_params(name) == expected
@@ -92,3 +151,21 @@ def test_unknown_override_names_the_valid_fields():
 def test_overrides_reach_the_module():
     model = resnet_jax.create_model("resnet18", num_classes=7, stage_sizes=(1, 1))
     assert model.num_classes == 7 and tuple(model.stage_sizes) == (1, 1)
+
+
+def test_timm_attention_nets_have_timms_parameter_counts():
+    from torch_reference import torch
+
+    timm = pytest.importorskip("timm")
+    for name, expected in TIMM_ATTENTION_PARAMS.items():
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = timm.create_model(name)
+        assert sum(p.numel() for p in model.parameters()) == expected, name
+
+
+def test_every_timm_resnet_name_is_registered_or_listed_as_not_yet():
+    from torch_reference import torch  # noqa: F401  (skips without torch)
+
+    timm = pytest.importorskip("timm")
+    missing = set(timm.list_models(module="resnet")) - set(resnet_jax.list_models())
+    assert missing == set(TIMM_NOT_YET), (missing - set(TIMM_NOT_YET), set(TIMM_NOT_YET) - missing)

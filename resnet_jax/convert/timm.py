@@ -1,4 +1,5 @@
-"""timm's ResNets (``resnet*``, ResNet-D ``resnet*d``, ``resnext*``) into resnet_jax variables."""
+"""timm's ResNets (``resnet*``, ResNet-D ``resnet*d``, ``resnext*``, and the SE and ECA
+nets ``seresnet*``, ``seresnext*``, ``ecaresnet*``) into resnet_jax variables."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from resnet_jax.convert.torchvision import from_torch_layout
 
 
 def from_timm(state_dict: Mapping[str, Any], model_name: str) -> Variables:
-    """Converts a timm ``resnet*`` / ``resnet*d`` / ``resnext*`` ``state_dict``.
+    """Converts a timm ``resnet*`` / ``resnet*d`` / ``resnext*`` / ``seresne*`` /
+    ``ecaresnet*`` ``state_dict``.
 
     timm's ResNet-D (deep stem ``conv1.0..6``, avg-pool shortcut ``downsample.1..2``)
-    maps onto resnet_jax's ``resnet*d``; the rest share torchvision's layout.
+    maps onto resnet_jax's ``resnet*d``; a block's channel attention ``se.fc1``,
+    ``se.fc2`` (SE) or ``se.conv`` (ECA) onto its ``attn``; the rest share torchvision's
+    layout.
     """
     return from_torch_layout(state_dict, model_name, "timm")

@@ -30,11 +30,13 @@ def _torch_module_path(module: str, deep_stem: bool, is_conv: bool) -> str | Non
         return _TIMM_DEEP_STEM[module]
     if module == "fc":
         return "head"
-    m = re.fullmatch(r"layer(\d+)\.(\d+)\.(conv\d|bn\d|downsample\.\d)", module)
+    m = re.fullmatch(r"layer(\d+)\.(\d+)\.(conv\d|bn\d|downsample\.\d|se\.(?:fc1|fc2|conv))", module)
     if m is None:
         return None
     block = f"stage{m[1]}_block{int(m[2]) + 1}"
     part = m[3]
+    if part.startswith("se."):  # timm's channel attention (SE or ECA): resnet_jax.attention
+        return f"{block}/attn/{part[3:]}"
     if part.startswith("downsample"):
         # torchvision/timm: downsample = (conv, bn); ResNet-D: (avgpool, conv, bn).
         return f"{block}/shortcut_{'conv' if is_conv else 'norm'}"
@@ -57,6 +59,10 @@ def from_torch_layout(state_dict: Mapping[str, Any], model_name: str, source: st
             raise ValueError(f"{src} has no counterpart in {model_name}")
         if is_conv:  # (out, in/groups, kh, kw) -> (kh, kw, in/groups, out)
             target.put(f"params/{path}/kernel", value.transpose(2, 3, 1, 0), src)
+        elif leaf == "weight" and value.ndim == 3:  # ECA's Conv1d: (out, in, k) -> (k, in, out)
+            target.put(f"params/{path}/kernel", value.transpose(2, 1, 0), src)
+        elif path.endswith(("/attn/fc1", "/attn/fc2")) and leaf == "bias":
+            target.put(f"params/{path}/bias", value, src)
         elif path == "head":
             target.put(f"params/head/{'kernel' if leaf == 'weight' else 'bias'}", value.T, src)
         elif leaf in _TORCH_BN_LEAVES:
