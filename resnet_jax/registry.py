@@ -75,10 +75,35 @@ _ATTENTION_MODELS: dict[str, partial[ResNet]] = {
     **{f"ecaresnet{d}d": _timm_attn(_DEPTHS.get(d, _D269), "eca", deep=True) for d in (50, 101, 200, 269)},
     # ResNet-D's shortcut without its deep stem.
     "ecaresnetlight": _timm_attn((1, 1, 11, 3), "eca", shortcut="D"),
-}
+    **{f"seresne{n}": _timm_attn(layers, "se", stem="tiered", shortcut="D", **kw)
+       for n, layers, kw in (("t50t", _DEPTHS[50], {}), ("xt26t_32x4d", (2, 2, 2, 2), _X32x4))},
+    **{f"ecaresne{n}": _timm_attn(layers, "eca", stem="tiered", shortcut="D", **kw)
+       for n, layers, kw in (("t26t", (2, 2, 2, 2), {}), ("t50t", _DEPTHS[50], {}),
+                             ("xt26t_32x4d", (2, 2, 2, 2), _X32x4), ("xt50t_32x4d", _DEPTHS[50], _X32x4))},
+}  # fmt: skip
+_TIERED = dict(stem="tiered", shortcut="D")
+# timm's variants of the plain blocks: "c" the deep stem alone, "s" a wider deep stem
+# (64, 64, 128), "t" the tiered stem with ResNet-D's shortcut, "_gn" GroupNorm.
+_TIMM_PLAIN: dict[str, partial[ResNet]] = {
+    "resnet10t": partial(ResNet, stage_sizes=(1, 1, 1, 1), block=BasicBlock, **_TIERED),
+    "resnet14t": partial(ResNet, stage_sizes=(1, 1, 1, 1), block=Bottleneck, **_TIERED),
+    "resnet26": partial(ResNet, stage_sizes=(2, 2, 2, 2), block=Bottleneck),
+    "resnet26d": partial(ResNet, stage_sizes=(2, 2, 2, 2), block=Bottleneck, stem="deep", shortcut="D"),
+    "resnet26t": partial(ResNet, stage_sizes=(2, 2, 2, 2), block=Bottleneck, **_TIERED),
+    "resnet50t": _imagenet(50, **_TIERED),
+    **{f"resnet{d}c": _imagenet(d, stem="deep") for d in (50, 101, 152)},
+    **{f"resnet{d}s": _imagenet(d, stem="deep", stem_width=128, stage_widths=(64, 128, 256, 512))
+       for d in (50, 101, 152)},
+    "resnet50_gn": _imagenet(50, norm=partial(nn.GroupNorm, num_groups=32, epsilon=1e-5)),
+    "resnext50d_32x4d": _imagenet(50, stem="deep", shortcut="D", **_X32x4),
+    "resnext101_32x4d": _imagenet(101, **_X32x4),
+    "resnext101_32x16d": _imagenet(101, groups=32, width_per_group=16),
+    "resnext101_32x32d": _imagenet(101, groups=32, width_per_group=32),
+}  # fmt: skip
 
 _MODELS: dict[str, partial[ResNet]] = {
     **_ATTENTION_MODELS,
+    **_TIMM_PLAIN,
     **{f"resnet{d}": _imagenet(d) for d in _DEPTHS},
     **{f"resnet{d}d": _imagenet(d, stem="deep", shortcut="D") for d in (18, 34, 50, 101, 152, 200)},
     **{f"resnetv2_{d}": _imagenet(d, preact=True) for d in _DEPTHS},

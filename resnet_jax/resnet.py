@@ -23,7 +23,7 @@ from resnet_jax.blocks import (
     conv_kernel_init,
 )
 
-STEMS = ("imagenet", "deep", "cifar")
+STEMS = ("imagenet", "deep", "tiered", "cifar")
 SHORTCUT_TYPES = ("A", "B", "D")
 
 # torchvision's BatchNorm2d: momentum 0.1 in PyTorch's convention is 0.9 in Flax's.
@@ -66,8 +66,9 @@ class ResNet(nn.Module):
       groups: cardinality of the grouped 3x3 (ResNeXt-50 32x4d: 32).
       width_per_group: width of each group (ResNeXt-50 32x4d: 4; Wide ResNet-50-2: 128).
       stem: ``"imagenet"`` (7x7/2 conv, 3x3/2 max pool), ``"deep"`` (three 3x3 convs
-        then the max pool: ResNet-C/D of He et al. 2019) or ``"cifar"`` (one 3x3/1
-        conv, no pool: He et al. 2016 §4.2).
+        then the max pool: ResNet-C/D of He et al. 2019), ``"tiered"`` (the same with
+        narrower first convs, timm's "t" nets) or ``"cifar"`` (one 3x3/1 conv, no pool:
+        He et al. 2016 §4.2).
       shortcut: ``"B"`` (1x1 projection when the shape changes), ``"A"`` (parameter-
         free zero padding, the CIFAR nets) or ``"D"`` (average pool then 1x1, ResNet-D).
       stride_in_1x1: ResNet v1 (stride on the bottleneck's first 1x1) instead of v1.5.
@@ -157,8 +158,10 @@ class ResNet(nn.Module):
         if self.stem == "cifar":
             x = conv3x3(conv, self.stem_width, use_bias=self.conv_bias and preact, name="stem_conv")(x)
             return x if preact else self.act(norm(name="stem_norm")(x))
-        if self.stem == "deep":
-            for i, width in enumerate((self.stem_width // 2, self.stem_width // 2), start=1):
+        if self.stem in ("deep", "tiered"):
+            # timm's deep stem: 3x3 convs of width w/2, w/2, w; tiered: 3w/8, w/2, w.
+            first = self.stem_width // 2 if self.stem == "deep" else 3 * (self.stem_width // 8)
+            for i, width in enumerate((first, self.stem_width // 2), start=1):
                 x = conv3x3(conv, width, 2 if i == 1 else 1, name=f"stem_conv{i}")(x)
                 x = self.act(norm(name=f"stem_norm{i}")(x))
             x = conv3x3(conv, self.stem_width, use_bias=self.conv_bias and preact, name="stem_conv3")(x)

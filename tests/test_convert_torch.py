@@ -91,15 +91,25 @@ def test_timm_resnet_d_logits_match():
     _compare(torch_model, variables, "resnet50d")
 
 
-@pytest.mark.parametrize("name", ["seresnet18", "seresnext26d_32x4d", "ecaresnet50d", "ecaresnetlight"])
-def test_timm_channel_attention_logits_match_at_two_sizes(name):
+@pytest.mark.parametrize(
+    "name",
+    ["seresnet18", "seresnext26d_32x4d", "ecaresnet50d", "ecaresnetlight", "ecaresnext26t_32x4d",
+     "resnet26t", "resnet50s", "resnet50_gn"],
+)  # fmt: skip
+def test_timm_variants_logits_match_at_two_sizes(name):
     # SE in basic blocks and in grouped bottlenecks with the deep stem, ECA with and
-    # without it: timm's own init for their weights, BatchNorm randomised and calibrated.
+    # without it and with the tiered stem; the tiered, wide deep ("s") stems and GroupNorm
+    # on plain blocks. timm's own init for the weights, BatchNorm randomised and calibrated.
     timm = pytest.importorskip("timm")
     torch_model = _randomize(timm.create_model(name, pretrained=False, num_classes=7), seed=6)
+    with torch.no_grad():  # GroupNorm's affine too, as randomize does BatchNorm's
+        for m in torch_model.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.2)
     variables = convert.from_timm(torch_model.state_dict(), name)
-    block = variables["params"]["stage1_block1"]["attn"]
-    assert set(block) == ({"conv"} if name.startswith("eca") else {"fc1", "fc2"})
+    attention = {"se": {"fc1", "fc2"}, "ec": {"conv"}}.get(name[:2], set())
+    assert set(variables["params"]["stage1_block1"].get("attn", {})) == attention
     for size in (64, 96):
         _compare(torch_model, variables, name, size=size)
 

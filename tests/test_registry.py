@@ -39,38 +39,74 @@ OTHER_PARAMS = {
 }
 
 
-# timm 1.0.31's SE and ECA ResNets, 1000 classes: sum(p.numel() for p in
-# timm.create_model(name).parameters()), each checked again against timm by
-# test_timm_attention_nets_have_timms_parameter_counts where timm is installed.
-TIMM_ATTENTION_PARAMS = {
+# Every name of timm 1.0.31's ResNet module (timm.list_models(module="resnet")) that
+# resnet_jax registers, 1000 classes: sum(p.numel() for p in timm.create_model(name).parameters()),
+# checked against timm itself by test_timm_names_have_timms_parameter_counts where timm is
+# installed.
+TIMM_PARAMS = {
+    "ecaresnet26t": 16_011_916,
+    "ecaresnet50d": 25_576_350,
+    "ecaresnet50t": 25_573_814,
     "ecaresnet101d": 44_568_563,
     "ecaresnet200d": 64_693_400,
     "ecaresnet269d": 102_093_077,
-    "ecaresnet50d": 25_576_350,
     "ecaresnetlight": 30_162_046,
+    "ecaresnext26t_32x4d": 15_406_220,
+    "ecaresnext50t_32x4d": 25_045_686,
+    "resnet10t": 5_435_488,
+    "resnet14t": 10_081_632,
+    "resnet18": 11_689_512,
+    "resnet18d": 11_708_744,
+    "resnet26": 15_995_176,
+    "resnet26d": 16_014_408,
+    "resnet26t": 16_011_872,
+    "resnet34": 21_797_672,
+    "resnet34d": 21_816_904,
+    "resnet50": 25_557_032,
+    "resnet50_gn": 25_557_032,
+    "resnet50c": 25_576_264,
+    "resnet50d": 25_576_264,
+    "resnet50s": 25_680_808,
+    "resnet50t": 25_573_728,
+    "resnet101": 44_549_160,
+    "resnet101c": 44_568_392,
+    "resnet101d": 44_568_392,
+    "resnet101s": 44_672_936,
+    "resnet152": 60_192_808,
+    "resnet152c": 60_212_040,
+    "resnet152d": 60_212_040,
+    "resnet152s": 60_316_584,
+    "resnet200": 64_673_832,
+    "resnet200d": 64_693_064,
+    "resnext50_32x4d": 25_028_904,
+    "resnext50d_32x4d": 25_048_136,
+    "resnext101_32x4d": 44_177_704,
+    "resnext101_32x8d": 88_791_336,
+    "resnext101_32x16d": 194_026_792,
+    "resnext101_32x32d": 468_530_472,
+    "resnext101_64x4d": 83_455_272,
+    "seresnet18": 11_779_624,
+    "seresnet34": 21_960_416,
+    "seresnet50": 28_088_024,
+    "seresnet50t": 28_104_720,
     "seresnet101": 49_326_872,
     "seresnet152": 66_821_848,
     "seresnet152d": 66_841_080,
-    "seresnet18": 11_779_624,
     "seresnet200d": 71_855_096,
     "seresnet269d": 113_672_760,
-    "seresnet34": 21_960_416,
-    "seresnet50": 28_088_024,
+    "seresnext26d_32x4d": 16_809_512,
+    "seresnext26t_32x4d": 16_806_976,
+    "seresnext50_32x4d": 27_559_896,
     "seresnext101_32x4d": 48_955_416,
     "seresnext101_32x8d": 93_569_048,
     "seresnext101_64x4d": 88_232_984,
     "seresnext101d_32x8d": 93_588_280,
-    "seresnext26d_32x4d": 16_809_512,
-    "seresnext50_32x4d": 27_559_896,
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
 }
 # timm's ResNet module (timm.list_models(module="resnet")) names resnet_jax does not have
 # yet, each with what it needs. A timm name in neither list fails the test below.
 TIMM_NOT_YET = {
-    **dict.fromkeys(
-        ("ecaresnet26t", "ecaresnet50t", "ecaresnext26t_32x4d", "ecaresnext50t_32x4d", "resnet10t",
-         "resnet14t", "resnet26t", "resnet50t", "seresnet50t", "seresnext26t_32x4d"),
-        "the tiered deep stem (24, 32, then 64 channels)",
-    ),
     **dict.fromkeys(
         ("resnetaa34d", "resnetaa50", "resnetaa50d", "resnetaa101d", "seresnetaa50d",
          "seresnextaa101d_32x8d", "seresnextaa201d_32x8d", "resnetblur18", "resnetblur50",
@@ -82,14 +118,6 @@ TIMM_NOT_YET = {
          "resnetrs420"),
         "ResNet-RS's stem widths and scaling",
     ),
-    **dict.fromkeys(("resnet50c", "resnet101c", "resnet152c"), "the deep stem with a plain shortcut"),
-    **dict.fromkeys(("resnet50s", "resnet101s", "resnet152s"), "the 64-64-128 deep stem"),
-    **dict.fromkeys(
-        ("resnet26", "resnet26d", "resnext50d_32x4d", "resnext101_32x4d", "resnext101_32x16d",
-         "resnext101_32x32d"),
-        "a registered name only (plain variants of existing blocks)",
-    ),
-    "resnet50_gn": "GroupNorm as a registered variant",
     "ecaresnet50d_pruned": "per-block pruned widths",
     "ecaresnet101d_pruned": "per-block pruned widths",
     "senet154": "SENet's own stem and 3x3 downsampling",
@@ -107,7 +135,7 @@ def n_params(name, **overrides):
 
 @pytest.mark.parametrize(
     "name,expected",
-    sorted({**TORCHVISION_PARAMS, **CIFAR_PARAMS, **OTHER_PARAMS, **TIMM_ATTENTION_PARAMS}.items()),
+    sorted({**TORCHVISION_PARAMS, **CIFAR_PARAMS, **OTHER_PARAMS, **TIMM_PARAMS}.items()),
 )
 def test_param_count(name, expected):
     assert n_params(name) == expected
@@ -153,11 +181,11 @@ def test_overrides_reach_the_module():
     assert model.num_classes == 7 and tuple(model.stage_sizes) == (1, 1)
 
 
-def test_timm_attention_nets_have_timms_parameter_counts():
+def test_timm_names_have_timms_parameter_counts():
     from torch_reference import torch
 
     timm = pytest.importorskip("timm")
-    for name, expected in TIMM_ATTENTION_PARAMS.items():
+    for name, expected in TIMM_PARAMS.items():
         with torch.device("meta"):  # shapes only: no memory, no initialisation
             model = timm.create_model(name)
         assert sum(p.numel() for p in model.parameters()) == expected, name
@@ -167,5 +195,7 @@ def test_every_timm_resnet_name_is_registered_or_listed_as_not_yet():
     from torch_reference import torch  # noqa: F401  (skips without torch)
 
     timm = pytest.importorskip("timm")
-    missing = set(timm.list_models(module="resnet")) - set(resnet_jax.list_models())
+    names = set(timm.list_models(module="resnet"))
+    assert set(TIMM_PARAMS) <= set(resnet_jax.list_models())
+    missing = names - set(TIMM_PARAMS)
     assert missing == set(TIMM_NOT_YET), (missing - set(TIMM_NOT_YET), set(TIMM_NOT_YET) - missing)
