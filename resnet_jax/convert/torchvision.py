@@ -61,11 +61,9 @@ def from_torch_layout(state_dict: Mapping[str, Any], model_name: str, source: st
             target.put(f"params/{path}/kernel", value.transpose(2, 3, 1, 0), src)
         elif leaf == "weight" and value.ndim == 3:  # ECA's Conv1d: (out, in, k) -> (k, in, out)
             target.put(f"params/{path}/kernel", value.transpose(2, 1, 0), src)
-        elif path.endswith(("/attn/fc1", "/attn/fc2")) and leaf == "bias":
-            target.put(f"params/{path}/bias", value, src)
         elif path == "head":
             target.put(f"params/head/{'kernel' if leaf == 'weight' else 'bias'}", value.T, src)
-        elif leaf in _TORCH_BN_LEAVES:
+        elif leaf in _TORCH_BN_LEAVES:  # a norm's leaves; also the SE convolutions' biases
             collection = "params" if leaf in ("weight", "bias") else "batch_stats"
             target.put(f"{collection}/{path}/{_TORCH_BN_LEAVES[leaf]}", value, src)
         else:
