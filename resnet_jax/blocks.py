@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.pooling import anti_alias, avg_pool_ceil, subsample
+
 ModuleDef = Callable[..., nn.Module]
 Array = jnp.ndarray
 
@@ -52,25 +54,6 @@ def conv3x3(conv: ModuleDef, features: int, strides: int = 1, groups: int = 1, *
 
 def conv1x1(conv: ModuleDef, features: int, strides: int = 1, **kw) -> nn.Module:
     return conv(features, (1, 1), strides=(strides, strides), padding="VALID", **kw)
-
-
-def subsample(x: Array, strides: int) -> Array:
-    """Takes every ``strides``-th pixel, like a 1x1 max pool with that stride."""
-    return x if strides == 1 else x[:, ::strides, ::strides, :]
-
-
-def avg_pool_ceil(x: Array, strides: int) -> Array:
-    """``strides``x``strides`` average pool with ceil mode and no padding counted.
-
-    Equal to PyTorch's ``AvgPool2d(s, s, ceil_mode=True, count_include_pad=False)``,
-    which timm's ResNet-D shortcut uses: odd sizes keep their last row and column.
-    """
-    if strides == 1:
-        return x
-    pad_h, pad_w = (-x.shape[1]) % strides, (-x.shape[2]) % strides
-    return nn.avg_pool(
-        x, (strides, strides), (strides, strides), padding=((0, pad_h), (0, pad_w)), count_include_pad=False
-    )
 
 
 def drop_path(x: Array, rate: float, rng: jax.Array) -> Array:
@@ -157,6 +140,9 @@ class _Block(nn.Module):
       deterministic: evaluation mode for ``drop_path``.
       attn: channel attention on the branch after its last norm (``resnet_jax.attention``;
         post-activation blocks), as a factory called with ``name``; None: none.
+      aa: anti-aliased downsampling (``resnet_jax.pooling``, post-activation blocks): a
+        strided block runs its strided 3x3 at stride 1 and downsamples after its
+        activation with this filter (``"avg"`` or ``"blur"``); None: a strided conv.
     """
 
     filters: int
@@ -172,6 +158,7 @@ class _Block(nn.Module):
     drop_path: float = 0.0
     deterministic: bool = True
     attn: ModuleDef | None = None
+    aa: str | None = None
 
     expansion: ClassVar[int] = 1
     preact: ClassVar[bool] = False
@@ -196,6 +183,12 @@ class _Block(nn.Module):
         y = self.norm(name=name, **init)(y)
         return self._drop_path(y if self.attn is None else self.attn(name="attn")(y))
 
+    def _strided(self, strides: int) -> tuple[int, Callable[[Array], Array]]:
+        """The stride of the block's strided 3x3, and what follows its activation."""
+        if self.aa is None or strides == 1:
+            return strides, lambda y: y
+        return 1, lambda y: anti_alias(y, self.aa, strides)
+
     def _last_conv(self) -> ModuleDef:
         conv = functools.partial(self.conv, use_bias=self.conv_bias)
         if self.zero_init_last:
@@ -212,8 +205,9 @@ class BasicBlock(_Block):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        y = conv3x3(self.conv, self.filters, self.strides, name="conv1")(x)
-        y = self.act(self.norm(name="norm1")(y))
+        stride, aa = self._strided(self.strides)
+        y = conv3x3(self.conv, self.filters, stride, name="conv1")(x)
+        y = aa(self.act(self.norm(name="norm1")(y)))
         y = conv3x3(self.conv, self.filters, name="conv2")(y)
         y = self._last_norm("norm2", y)
         s = shortcut(x, self.shortcut, self.out_features, self.strides, self.conv, self.norm)
@@ -240,8 +234,9 @@ class Bottleneck(_Block):
         s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
         y = conv1x1(self.conv, width, s1, name="conv1")(x)
         y = self.act(self.norm(name="norm1")(y))
+        s3, aa = self._strided(s3)
         y = conv3x3(self.conv, width, s3, self.groups, name="conv2")(y)
-        y = self.act(self.norm(name="norm2")(y))
+        y = aa(self.act(self.norm(name="norm2")(y)))
         y = conv1x1(self.conv, self.out_features, name="conv3")(y)
         y = self._last_norm("norm3", y)
         s = shortcut(x, self.shortcut, self.out_features, self.strides, self.conv, self.norm)

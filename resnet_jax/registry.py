@@ -101,9 +101,35 @@ _TIMM_PLAIN: dict[str, partial[ResNet]] = {
     "resnext101_32x32d": _imagenet(101, groups=32, width_per_group=32),
 }  # fmt: skip
 
+_D = dict(stem="deep", shortcut="D")
+_WIDE_STEM = dict(stem="deep", stem_width=128, stage_widths=(64, 128, 256, 512))  # 64, 64, 128
+_RS_DEPTHS = {50: _DEPTHS[50], 101: _DEPTHS[101], 152: _DEPTHS[152], 200: _DEPTHS[200],
+              270: (4, 29, 53, 4), 350: (4, 36, 72, 4), 420: (4, 44, 87, 4)}  # fmt: skip
+# Anti-aliased downsampling (Zhang 2019; timm's aa_layer): "aa" a 2x2 average pool, "blur"
+# a binomial blur; and ResNet-RS (Bello et al. 2021): ResNet-D with SE at 1/4 and a
+# strided conv in place of the stem's max pool.
+_TIMM_AA_RS: dict[str, partial[ResNet]] = {
+    "resnetaa34d": _imagenet(34, aa_layer="avg", **_D),
+    "resnetaa50": _imagenet(50, aa_layer="avg"),
+    **{f"resnetaa{d}d": _imagenet(d, aa_layer="avg", **_D) for d in (50, 101)},
+    "seresnetaa50d": _imagenet(50, aa_layer="avg", attn_layer="se", **_D),
+    "seresnextaa101d_32x8d": _imagenet(101, aa_layer="avg", attn_layer="se", **_D, **_X32x8),
+    "seresnextaa201d_32x8d": partial(
+        ResNet, stage_sizes=(3, 24, 36, 4), block=Bottleneck, aa_layer="avg", attn_layer="se",
+        shortcut="D", **_WIDE_STEM, **_X32x8,
+    ),
+    "resnetblur18": _imagenet(18, aa_layer="blur"),
+    "resnetblur50": _imagenet(50, aa_layer="blur"),
+    **{f"resnetblur{d}d": _imagenet(d, aa_layer="blur", **_D) for d in (50, 101)},
+    **{f"resnetrs{d}": partial(ResNet, stage_sizes=layers, block=Bottleneck, attn_layer="se",
+                               attn_ratio=0.25, stem_pool="conv", **_D)
+       for d, layers in _RS_DEPTHS.items()},
+}  # fmt: skip
+
 _MODELS: dict[str, partial[ResNet]] = {
     **_ATTENTION_MODELS,
     **_TIMM_PLAIN,
+    **_TIMM_AA_RS,
     **{f"resnet{d}": _imagenet(d) for d in _DEPTHS},
     **{f"resnet{d}d": _imagenet(d, stem="deep", shortcut="D") for d in (18, 34, 50, 101, 152, 200)},
     **{f"resnetv2_{d}": _imagenet(d, preact=True) for d in _DEPTHS},

@@ -14,16 +14,17 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_jax import stems
 from resnet_jax.attention import ATTENTION_LAYERS
 from resnet_jax.blocks import (
     Array,
     BasicBlock,
     ModuleDef,
-    conv3x3,
     conv_kernel_init,
 )
+from resnet_jax.pooling import AA_LAYERS
+from resnet_jax.stems import STEM_POOLS, STEMS
 
-STEMS = ("imagenet", "deep", "tiered", "cifar")
 SHORTCUT_TYPES = ("A", "B", "D")
 
 # torchvision's BatchNorm2d: momentum 0.1 in PyTorch's convention is 0.9 in Flax's.
@@ -93,6 +94,13 @@ class ResNet(nn.Module):
       attn_layer: channel attention in every block, after its last norm: ``"se"``
         (squeeze-and-excitation) or ``"eca"`` (efficient channel attention), with
         timm's sizes (``resnet_jax.attention``); None for none. Post-activation blocks.
+      attn_ratio: SE's reduced width as a fraction of its channels (default 1/16;
+        ResNet-RS: 1/4).
+      aa_layer: anti-aliased downsampling (``resnet_jax.pooling``): ``"avg"`` or
+        ``"blur"`` low-pass filters downsample after each strided block's 3x3 (which
+        runs at stride 1) and in the stem; None for strided convs. Post-activation nets.
+      stem_pool: ``"max"`` (3x3/2 max pool) or ``"conv"`` (a 3x3/2 conv, norm and
+        activation in its place: ResNet-RS, Bello et al. 2021).
       frozen_norm_parts: parts (``"stem"``, ``"stage1"`` ...) whose BatchNorms always
         use their running averages and never update them, even in train mode: frozen
         BatchNorm for fine-tuning a partly frozen backbone. The final norm of a v2
@@ -124,6 +132,9 @@ class ResNet(nn.Module):
     act: Callable[[Array], Array] = nn.relu
     frozen_norm_parts: Sequence[str] = ()
     attn_layer: str | None = None
+    attn_ratio: float | None = None
+    aa_layer: str | None = None
+    stem_pool: str = "max"
 
     def _check(self, x: Array) -> None:
         if self.stem not in STEMS:
@@ -133,6 +144,16 @@ class ResNet(nn.Module):
         if self.attn_layer is not None and (self.attn_layer not in ATTENTION_LAYERS or self.block.preact):
             valid = ", ".join(ATTENTION_LAYERS)
             raise ValueError(f"attn_layer={self.attn_layer!r}: {valid} or None, in post-activation blocks")
+        if self.attn_ratio is not None and self.attn_layer != "se":
+            raise ValueError(
+                f"attn_ratio={self.attn_ratio} sizes attn_layer='se' only, not {self.attn_layer!r}"
+            )
+        if self.aa_layer is not None and (self.aa_layer not in AA_LAYERS or self.block.preact):
+            valid = ", ".join(AA_LAYERS)
+            raise ValueError(f"aa_layer={self.aa_layer!r}: {valid} or None, in post-activation blocks")
+        if self.stem_pool not in STEM_POOLS or (self.stem_pool == "conv" and self.block.preact):
+            valid = ", ".join(STEM_POOLS)
+            raise ValueError(f"stem_pool={self.stem_pool!r}: {valid} ('conv' in post-activation nets)")
         for field in ("drop_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 raise ValueError(f"{field}={getattr(self, field)} must be in [0, 1)")
@@ -152,36 +173,6 @@ class ResNet(nn.Module):
                 f"expected NHWC input of shape {expected}, got shape {tuple(x.shape)} "
                 f"({x.shape[-1]} channels; set in_channels={x.shape[-1]} to accept it)"
             )
-
-    def _stem(self, x: Array, conv: ModuleDef, norm: ModuleDef) -> Array:
-        preact = self.block.preact
-        if self.stem == "cifar":
-            x = conv3x3(conv, self.stem_width, use_bias=self.conv_bias and preact, name="stem_conv")(x)
-            return x if preact else self.act(norm(name="stem_norm")(x))
-        if self.stem in ("deep", "tiered"):
-            # timm's deep stem: 3x3 convs of width w/2, w/2, w; tiered: 3w/8, w/2, w.
-            first = self.stem_width // 2 if self.stem == "deep" else 3 * (self.stem_width // 8)
-            for i, width in enumerate((first, self.stem_width // 2), start=1):
-                x = conv3x3(conv, width, 2 if i == 1 else 1, name=f"stem_conv{i}")(x)
-                x = self.act(norm(name=f"stem_norm{i}")(x))
-            x = conv3x3(conv, self.stem_width, use_bias=self.conv_bias and preact, name="stem_conv3")(x)
-            if not preact:
-                x = self.act(norm(name="stem_norm3")(x))
-        else:
-            x = conv(
-                self.stem_width,
-                (7, 7),
-                strides=(2, 2),
-                padding=((3, 3), (3, 3)),
-                use_bias=self.conv_bias and preact,
-                name="stem_conv",
-            )(x)
-            if not preact:
-                x = self.act(norm(name="stem_norm")(x))
-        if self.pool_pad_zeros:
-            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-            return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
     def _shortcut_kind(self, in_ch: int, out_ch: int, strides: int) -> str:
         if self.downsample_last:
@@ -241,10 +232,14 @@ class ResNet(nn.Module):
             block_kw["stride_in_1x1"] = self.stride_in_1x1
         if self.attn_layer is not None:
             attn = ATTENTION_LAYERS[self.attn_layer]
-            block_kw["attn"] = functools.partial(attn, dtype=self.dtype, param_dtype=self.param_dtype)
+            kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+            kw.update({} if self.attn_ratio is None else {"rd_ratio": self.attn_ratio})
+            block_kw["attn"] = functools.partial(attn, **kw)
+        if self.aa_layer is not None:
+            block_kw["aa"] = self.aa_layer
 
         features: dict[str, Array] = {}
-        x = self._stem(jnp.asarray(x, self.dtype), conv, norm)
+        x = stems.stem(self, jnp.asarray(x, self.dtype), conv, norm)
         features["stem"] = x
         n = len(self.stage_sizes)
         widths = self.stage_widths or [self.stem_width * 2**i for i in range(n)]

@@ -94,12 +94,14 @@ def test_timm_resnet_d_logits_match():
 @pytest.mark.parametrize(
     "name",
     ["seresnet18", "seresnext26d_32x4d", "ecaresnet50d", "ecaresnetlight", "ecaresnext26t_32x4d",
-     "resnet26t", "resnet50s", "resnet50_gn"],
+     "resnet26t", "resnet50s", "resnet50_gn", "resnetblur18", "resnetaa50d", "resnetrs50"],
 )  # fmt: skip
 def test_timm_variants_logits_match_at_two_sizes(name):
     # SE in basic blocks and in grouped bottlenecks with the deep stem, ECA with and
     # without it and with the tiered stem; the tiered, wide deep ("s") stems and GroupNorm
-    # on plain blocks. timm's own init for the weights, BatchNorm randomised and calibrated.
+    # on plain blocks; blur (basic blocks, stem max pool at stride 1) and average-pool
+    # (bottlenecks, stem) anti-aliasing; ResNet-RS (SE at 1/4, a conv as the stem's pool).
+    # timm's own init for the weights, BatchNorm randomised and calibrated.
     timm = pytest.importorskip("timm")
     torch_model = _randomize(timm.create_model(name, pretrained=False, num_classes=7), seed=6)
     with torch.no_grad():  # GroupNorm's affine too, as randomize does BatchNorm's
@@ -108,7 +110,8 @@ def test_timm_variants_logits_match_at_two_sizes(name):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0.0, 0.2)
     variables = convert.from_timm(torch_model.state_dict(), name)
-    attention = {"se": {"fc1", "fc2"}, "ec": {"conv"}}.get(name[:2], set())
+    attention = {"se": {"fc1", "fc2"}, "ec": {"conv"}, "resnetrs": {"fc1", "fc2"}}
+    attention = attention.get(name[:2], attention.get(name[:8], set()))
     assert set(variables["params"]["stage1_block1"].get("attn", {})) == attention
     for size in (64, 96):
         _compare(torch_model, variables, name, size=size)

@@ -11,7 +11,7 @@ import pytest
 import tolerances
 
 import resnet_jax
-from resnet_jax.blocks import avg_pool_ceil
+from resnet_jax.pooling import anti_alias, avg_pool_ceil
 
 
 def _input(model, batch=2, size=None, seed=0):
@@ -46,12 +46,18 @@ def _filled_variables(model, x, seed=0):
 # dtypes, the BatchNorm statistics), and test_registry counts their parameters.
 DEEP = re.compile(r"(101|152|200|269|1202)")
 # timm's variants recombine parts that one representative each runs here: SE in basic and
-# in grouped bottleneck blocks (seresnet18, seresnext26d_32x4d), ECA (ecaresnetlight), the
-# tiered stem (resnet26t), the wide deep stem (resnet50s), GroupNorm (resnet50_gn). The
-# others are neither run nor traced here: test_registry's exact parameter count initialises
-# each of them abstractly (jax.eval_shape of init, a whole forward pass in shapes).
-TIMM_VARIANT = re.compile(r"^(se|eca)resne|^resnet(10t|14t|26|26d|26t|50t|50c|50s|50_gn)$|^resnext50d")
-TIMM_RUN = {"seresnet18", "seresnext26d_32x4d", "ecaresnetlight", "resnet26t", "resnet50s", "resnet50_gn"}
+# in grouped bottleneck blocks (seresnet18, seresnext26d_32x4d), ECA with the tiered stem
+# (ecaresnet26t), the wide deep stem (resnet50s), GroupNorm (resnet50_gn), blur
+# anti-aliasing in blocks and stem (resnetblur18). Average-pool anti-aliasing and
+# ResNet-RS's SE and stem conv (resnetaa50d, resnetrs50) are traced in training mode below.
+# The others are neither run nor traced here: test_registry's exact parameter count
+# initialises each of them abstractly (jax.eval_shape of init, a whole forward pass in
+# shapes), and test_convert_torch compares representatives' logits with timm's.
+TIMM_VARIANT = re.compile(
+    r"^(se|eca)resne|^resnet(10t|14t|26|26d|26t|50t|50c|50s|50_gn)$|^resnext50d|^resnet(aa|blur|rs)"
+)
+TIMM_RUN = {"seresnet18", "seresnext26d_32x4d", "ecaresnet26t", "resnet50s", "resnet50_gn", "resnetblur18"}
+TIMM_TRACE = {"resnetaa50d", "resnetrs50"}
 
 
 def _timm_variant(name):
@@ -92,7 +98,8 @@ def test_forward_backward_finite(name):
 
 @pytest.mark.parametrize(
     "name",
-    [n for n in resnet_jax.list_models() if DEEP.search(n) and not _timm_variant(n) and n != "resnet1202"],
+    [n for n in resnet_jax.list_models() if DEEP.search(n) and not _timm_variant(n) and n != "resnet1202"]
+    + sorted(TIMM_TRACE),
 )
 def test_deep_networks_trace_in_training_mode(name):
     model = resnet_jax.create_model(name, num_classes=3)
@@ -247,6 +254,14 @@ def test_bad_field_values_name_the_choices():
         resnet_jax.create_model("resnet18", stem="big").init(jax.random.key(0), x)
     with pytest.raises(ValueError, match=r"unknown shortcut 'C'; valid: A, B, D"):
         resnet_jax.create_model("resnet18", shortcut="C").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"aa_layer='max': avg, blur or None, in post-activation"):
+        resnet_jax.create_model("resnet18", aa_layer="max").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"aa_layer='avg': .* post-activation blocks"):
+        resnet_jax.create_model("resnetv2_18", aa_layer="avg").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"stem_pool='avg': max, conv"):
+        resnet_jax.create_model("resnet18", stem_pool="avg").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"attn_ratio=0.25 sizes attn_layer='se' only, not 'eca'"):
+        resnet_jax.create_model("ecaresnet26t", attn_ratio=0.25).init(jax.random.key(0), x)
 
 
 def test_option_a_shortcut_is_parameter_free():
@@ -274,6 +289,19 @@ def test_avg_pool_ceil_matches_pytorch_semantics():
     x = jnp.arange(9.0).reshape(1, 3, 3, 1)
     expected = np.array([[(0 + 1 + 3 + 4) / 4, (2 + 5) / 2], [(6 + 7) / 2, 8.0]])
     np.testing.assert_allclose(avg_pool_ceil(x, 2)[0, :, :, 0], expected)
+
+
+def test_blur_pool_is_timms_binomial_filter_with_reflected_edges():
+    # timm's BlurPool2d(filt_size=3, stride=2): [1, 2, 1] / 4 each way, reflect padding 1.
+    x = jnp.arange(25.0).reshape(1, 5, 5, 1) ** 2
+    taps = np.array([1.0, 2.0, 1.0]) / 4
+    padded = np.pad(np.asarray(x[0, :, :, 0]), 1, mode="reflect")
+    expected = [[(np.outer(taps, taps) * padded[i : i + 3, j : j + 3]).sum() for j in (0, 2, 4)]
+                for i in (0, 2, 4)]  # fmt: skip
+    got = anti_alias(jnp.concatenate([x, 2 * x], axis=-1), "blur")
+    np.testing.assert_allclose(got[0, :, :, 0], expected, rtol=1e-6)
+    np.testing.assert_allclose(got[0, :, :, 1], 2 * np.asarray(expected), rtol=1e-6)  # per channel
+    assert anti_alias(x, "avg").shape == (1, 2, 2, 1)  # timm's AvgPool2d(2): floor
 
 
 def test_v1_puts_the_stride_on_the_first_1x1():

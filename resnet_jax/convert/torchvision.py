@@ -28,6 +28,8 @@ def _torch_module_path(module: str, deep_stem: bool, is_conv: bool) -> str | Non
         return "stem_norm3" if deep_stem else "stem_norm"
     if module in _TIMM_DEEP_STEM:
         return _TIMM_DEEP_STEM[module]
+    if module in ("maxpool.0", "maxpool.1"):  # ResNet-RS: a conv and norm replace the max pool
+        return "stem_pool_conv" if is_conv else "stem_pool_norm"
     if module == "fc":
         return "head"
     m = re.fullmatch(r"layer(\d+)\.(\d+)\.(conv\d|bn\d|downsample\.\d|se\.(?:fc1|fc2|conv))", module)
