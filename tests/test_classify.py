@@ -144,6 +144,48 @@ def test_classify_gives_torchvisions_top5_end_to_end(photos, tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    "name,size,resize",
+    [("resnet10t.c3_in1k", 224, 235), ("resnet18.a1_in1k", 288, 288)],  # crop_pct 0.95 and 1.0
+)
+def test_a_timm_hub_folder_converts_with_its_preprocessing_and_classifies_as_timm(
+    photos, tmp_path, capsys, name, size, resize
+):
+    # A timm model saved as the Hub serves it (config.json beside model.safetensors):
+    # its pretrained_cfg's test size, crop_pct and bicubic resize reach the converted
+    # folder, and classify then preprocesses as timm's resolve_data_config(use_test_size)
+    # + create_transform(is_training=False) and ranks as timm's model does.
+    from torch_reference import randomize, torch
+
+    timm = pytest.importorskip("timm")
+    from timm.data import create_transform, resolve_data_config
+
+    net = timm.create_model(name, pretrained=False)
+    data_config = resolve_data_config(pretrained_cfg=net.pretrained_cfg, use_test_size=True)
+    transform = create_transform(**data_config, is_training=False)
+    paths = [str(p) for p in photos]
+    batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    randomize(net, seed=8, images=batch)
+    timm.models.save_for_hf(net, str(tmp_path / "hub"), safe_serialization=True)
+    convert_main = __import__("resnet_jax.convert.__main__", fromlist=["main"]).main
+    convert_main(["--source=timm", f"--weights={tmp_path / 'hub'}", f"--out={tmp_path / 'out'}"])
+    assert f"resize {resize} (bicubic), centre crop {size}" in capsys.readouterr().out
+    loaded = resnet_jax.Classifier.load(str(tmp_path / "out"))
+    prep = loaded.preprocessing
+    assert (prep.size, prep.resize_size, prep.interpolation) == ((size, size), resize, "bicubic")
+    std, worst = np.asarray(data_config["std"]), 0.0
+    for path, theirs in zip(paths, batch.permute(0, 2, 3, 1).numpy()):
+        worst = max(worst, float((np.abs(prep(classifier.read_image(path)) - theirs) * std).max()))
+    print(f"\n{name}: max |ours - timm| x std on {len(paths)} JPEGs: {worst * 255:.4f} / 255")
+    assert worst <= 1 / 255 + 1e-6  # PIL's bicubic both ways: float32 rounding only
+    ours = loaded.probabilities(paths, batch_size=8)
+    with torch.no_grad():
+        theirs = torch.softmax(net(batch), -1).numpy()
+    top_theirs = np.argsort(-theirs, -1)[:, :5]
+    assert len(set(top_theirs[:, 0])) > 1  # the outputs depend on the image
+    np.testing.assert_array_equal(np.argsort(-ours, -1)[:, :5], top_theirs)
+
+
 FRESH_PROCESS = """
 import json, sys
 import numpy as np

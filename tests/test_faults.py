@@ -190,6 +190,28 @@ def _cli(module, *args, cwd=REPO):
     )
 
 
+def _timm_hub_folders(tmp_path):
+    """timm Hub folders that convert must refuse, each for one reason."""
+    from safetensors.numpy import save_file
+
+    cfg = {"input_size": [3, 224, 224], "crop_pct": 0.95, "interpolation": "bicubic"}
+    configs = {
+        "flat": {"num_classes": 1000},
+        "empty": {"architecture": "resnet18", "pretrained_cfg": cfg},
+        "vit": {"architecture": "vit_small_patch16_224", "pretrained_cfg": cfg},
+        "squash": {"architecture": "resnet18", "pretrained_cfg": {**cfg, "crop_mode": "squash"}},
+        "nearest": {"architecture": "resnet18", "pretrained_cfg": {**cfg, "interpolation": "nearest"}},
+    }
+    folders = {}
+    for name, config in configs.items():
+        folders[name] = tmp_path / f"hub_{name}"
+        folders[name].mkdir()
+        (folders[name] / "config.json").write_text(json.dumps(config))
+        if name != "empty":
+            save_file({"fc.bias": np.zeros(1000, np.float32)}, str(folders[name] / "model.safetensors"))
+    return folders
+
+
 def test_user_errors_are_one_line_without_a_traceback(tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_text("not a checkpoint")
@@ -197,6 +219,7 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
     train_lib.train_and_evaluate(_config(num_train_steps=2), str(resumed))
     out = f"--out={tmp_path / 'o'}"
     convert = ["--model=resnet18", f"--weights={weights}", out]
+    hubs = _timm_hub_folders(tmp_path)
     cases = [
         ("train.main", ["--config.batch_size=abc"], "--config.batch_size=abc: invalid literal"),
         ("train.main", ["--config.learning_rat=0.5"], 'Did you mean "learning_rate"'),
@@ -215,7 +238,17 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
         ("resnet_jax.convert", ["--source=torchvision", *convert], "failed the weights-only check"),
         ("resnet_jax.convert", ["--source=keras", *convert], "is not a Keras .h5"),
         ("resnet_jax.convert", ["--source=torch", *convert], "invalid choice: 'torch'"),
-    ]
+        ("resnet_jax.convert", ["--source=timm", f"--weights={weights}", out], "--model is required"),
+        *[("resnet_jax.convert", ["--source=timm", f"--weights={hubs[k]}", *extra, out], expected)
+          for k, extra, expected in [
+              ("flat", [], "config.json is not a timm model config (no 'architecture')"),
+              ("empty", [], "has a config.json but no weights: expected model.safetensors or pytorch_model"),
+              ("vit", [], "holds timm's 'vit_small_patch16_224', not a resnet_jax model"),
+              ("squash", ["--model=resnet50"], "holds timm's resnet18, not --model=resnet50: drop --model"),
+              ("squash", [], "timm crop_mode='squash': only 'center' is supported"),
+              ("nearest", [], "timm interpolation='nearest': resnet_jax resizes with bilinear, bicubic"),
+          ]],
+    ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(resnet_jax.user_errors.TRACEBACK_ENV, None)
     procs = []

@@ -6,7 +6,8 @@ a mismatch names the parameter path and both shapes. None of them imports the
 source framework; the source arrives as arrays.
 
 - ``torchvision``: ``from_torchvision`` and its inverse ``to_torchvision``;
-- ``timm``: ``from_timm``;
+- ``timm``: ``from_timm``, and a timm Hub folder's weights and preprocessing
+  (``timm_hub_folder``, ``timm_data_config``);
 - ``keras``: ``from_keras`` (Keras applications, v1 and V2);
 - ``files``: reading weight files safely (``load_state_dict``, ``keras_h5_weights``)
   and converted weights on disk (``save``, ``load_converted``).
@@ -24,7 +25,9 @@ from resnet_jax.convert.files import (
     save,
 )
 from resnet_jax.convert.keras import KERAS_BN_EPSILON, from_keras, keras_preprocessing, keras_weights
+from resnet_jax.convert.timm import data_config as timm_data_config
 from resnet_jax.convert.timm import from_timm
+from resnet_jax.convert.timm import hub_folder as timm_hub_folder
 from resnet_jax.convert.torchvision import from_torchvision, to_torchvision
 
 __all__ = [
@@ -40,5 +43,7 @@ __all__ = [
     "load_converted",
     "load_state_dict",
     "save",
+    "timm_data_config",
+    "timm_hub_folder",
     "to_torchvision",
 ]

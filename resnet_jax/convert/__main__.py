@@ -8,6 +8,11 @@ input file's SHA-256); ``resnet_jax.Classifier.load(DIR)`` classifies with it. `
 ``resnet_jax.weights``); a URL or tag is downloaded into the cache and verified.
 ``.safetensors`` and Keras files are read as data; ``.pth`` only through
 ``torch.load(weights_only=True)``, so no pickled payload runs (see ``load_state_dict``).
+
+With ``--source=timm``, W may be a timm Hub folder (``config.json`` beside
+``model.safetensors``, as ``timm.models.save_for_hf`` writes it or the Hub serves it):
+its architecture is the model (``--model`` may be left out) and its ``pretrained_cfg``
+the preprocessing (test size, crop_pct, interpolation, mean, std) and class names.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import sys
 
 from resnet_jax import convert, pretrained, user_errors, weights
+from resnet_jax.convert import timm as timm_convert
 from resnet_jax.registry import list_models
 
 SOURCES = ("torchvision", "timm", "keras")
@@ -66,20 +72,47 @@ def main(argv: list[str] | None = None) -> None:
         user_errors.fail(str(e))
 
 
+def _hub_folder(args: argparse.Namespace) -> tuple[dict, dict]:
+    """A timm Hub folder's variables and the metadata its config.json gives."""
+    state, config, path = convert.timm_hub_folder(args.weights)
+    arch = config["architecture"]
+    if args.model not in (None, arch):
+        raise ValueError(f"{args.weights} holds timm's {arch}, not --model={args.model}: drop --model")
+    if arch not in list_models():
+        raise ValueError(f"{args.weights} holds timm's {arch!r}, not a resnet_jax model (list_models())")
+    args.model = arch
+    cfg = config["pretrained_cfg"]
+    prep = convert.timm_data_config(cfg)
+    tag = f"{arch}.{cfg['tag']}" if cfg.get("tag") else arch
+    meta = {**prep, "weights": f"{os.path.basename(os.path.normpath(args.weights))}/{os.path.basename(path)}"}
+    meta.update(timm_tag=tag, sha256=weights.sha256_of(path))
+    if cfg.get("label_names"):
+        meta["class_names"] = list(cfg["label_names"])
+    return convert.from_timm(state, arch), meta
+
+
 def _main(argv: list[str] | None) -> None:
     parser = user_errors.Parser(prog="python -m resnet_jax.convert", description=__doc__.split("\n\n")[1])
     parser.add_argument("--source", required=True, choices=SOURCES)
-    parser.add_argument("--model", required=True, help="a resnet_jax model name")
-    parser.add_argument("--weights", required=True, help="a file, a URL or a registered tag")
+    parser.add_argument("--model", help="a resnet_jax model name (a timm Hub folder names its own)")
+    parser.add_argument("--weights", required=True, help="a file, URL, registered tag or timm Hub folder")
     parser.add_argument("--out", required=True, help="a new directory for the Orbax checkpoint")
     parser.add_argument("--sha256", default="", help="expected SHA-256 of an unregistered URL")
     args = parser.parse_args(argv)
-    if args.model not in list_models():
+    hub = args.source == "timm" and timm_convert.is_hub_folder(args.weights)
+    if args.model is None and not hub:
+        parser.error("--model is required (only a timm Hub folder names its own)")
+    if args.model is not None and args.model not in list_models():
         parser.error(f"unknown --model {args.model!r}; valid: {', '.join(list_models())}")
     if os.path.exists(args.out):
         parser.error(f"--out={args.out} exists; it is left untouched. Choose a new directory.")
-    path, entry = _resolve(args)
-    variables = _read(args.source, path, args.model)
+    hub_meta: dict = {}
+    if hub:
+        variables, hub_meta = _hub_folder(args)
+        path, entry = args.weights, None
+    else:
+        path, entry = _resolve(args)
+        variables = _read(args.source, path, args.model)
     head = variables["params"].get("head")
     metadata = {
         "source": args.source,
@@ -87,13 +120,14 @@ def _main(argv: list[str] | None) -> None:
         "num_classes": int(head["bias"].shape[0]) if head else 0,
         "weights": os.path.basename(path),
         "url": entry.url if entry else "",
-        "sha256": weights.sha256_of(path),
+        "sha256": "" if hub else weights.sha256_of(path),
         "mean": list(entry.mean if entry else weights.IMAGENET_MEAN),
         "std": list(entry.std if entry else weights.IMAGENET_STD),
         "crop_size": entry.crop_size if entry else 224,
         "resize_size": entry.resize_size if entry else 256,
         "interpolation": entry.interpolation if entry else "bilinear",
         "reported_top1": entry.top1 if entry and entry.top1 else None,
+        **hub_meta,
     }
     if args.source == "keras":  # its own normalisation (and, for v1, channel order and strides)
         metadata.update(convert.keras_preprocessing(args.model))
@@ -101,6 +135,15 @@ def _main(argv: list[str] | None) -> None:
     print(
         f"wrote {os.path.abspath(args.out)}: {args.model} from {args.source} ({metadata['weights']}, "
         f"sha256 {metadata['sha256'][:16]}...)"
+    )
+    if hub:
+        print(f"preprocessing from its config.json: {_describe(metadata)}")
+
+
+def _describe(meta: dict) -> str:
+    return (
+        f"resize {meta['resize_size']} ({meta['interpolation']}), centre crop {meta['crop_size']} "
+        f"(crop_pct {meta['crop_pct']}), mean {meta['mean']}, std {meta['std']}"
     )
 
 
