@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 
 from resnet_jax import classes
 from resnet_jax.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 _TORCHVISION = "https://download.pytorch.org/models/"
+_TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/"  # as timm's cfgs name it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +103,45 @@ _ENTRIES = [
     _tv("wide_resnet101_2", "torchvision_v1", "wide_resnet101_2-32ee1156.pth", 78.848, 94.284),
     _tv("wide_resnet101_2", "torchvision_v2", "wide_resnet101_2-d733dc28.pth", 82.510, 96.020, 232),
 ]
+
+
+def _timm(model: str, tag: str, file: str, size: int, crop_pct: float, top1: float, top5: float) -> Weights:
+    # timm's GitHub-release files follow torch.hub's naming, as torchvision's do: the name
+    # ends in the first 8 hex digits of the file's SHA-256. The evaluation is timm's at its
+    # test size: the shorter side resized to floor(size / crop_pct), bicubic, centre crop.
+    # Accuracies: timm's results-imagenet.csv at that size and crop_pct.
+    return Weights(
+        model=model,
+        tag=tag,
+        source="timm",
+        url=file if "://" in file else _TIMM + file,
+        sha256=file.rsplit("-", 1)[-1].split(".")[0],
+        num_classes=1000,
+        crop_size=size,
+        resize_size=math.floor(size / crop_pct),
+        top1=top1,
+        top5=top5,
+        interpolation="bicubic",
+    )
+
+
+# timm's own training recipes: "ResNet strikes back" (a1h), RandAugment + CutMix/Mixup
+# (racm, ra2), MIIL's (miil), the TPU-trained ResNet-RS (tf) and SE-ResNeXt-D (ah).
+_ENTRIES += [
+    _timm("resnet50", "a1h_in1k", _TIMM.replace("rwightman", "huggingface")
+          + "v0.1-rsb-weights/resnet50_a1h2_176-001a1197.pth", 224, 1.0, 80.654, 95.312),
+    _timm("resnet152", "a1h_in1k", "v0.1-rsb-weights/resnet152_a1h-dc400468.pth", 288, 1.0, 83.494, 96.522),
+    _timm("seresnext50_32x4d", "racm_in1k", "v0.1-weights/seresnext50_32x4d_racm-a304a460.pth", 288, 0.95,
+          82.186, 96.146),
+    _timm("seresnext101d_32x8d", "ah_in1k", "v0.1-tpu-weights/seresnext101d_32x8d_ah-191d7b94.pth", 288, 1.0,
+          84.380, 96.918),
+    _timm("ecaresnet50d", "miil_in1k", "v0.1-tresnet/ecaresnet50d-93c81e3b.pth", 288, 0.95, 81.648, 95.884),
+    _timm("ecaresnet269d", "ra2_in1k", "v0.1-weights/ecaresnet269d_320_ra2-7baa55cb.pth", 352, 1.0,
+          84.968, 97.224),
+    _timm("resnetblur50", "bt_in1k", "v0.1-weights/resnetblur50-84f4748f.pth", 288, 0.95, 80.248, 95.200),
+    _timm("resnetrs50", "tf_in1k", "v0.1-rs-weights/resnetrs50_ema-6b53758b.pth", 224, 0.91, 79.934, 94.972),
+    _timm("resnetrs420", "tf_in1k", "v0.1-rs-weights/resnetrs420_ema-972dee69.pth", 416, 1.0, 85.010, 97.110),
+]  # fmt: skip
 REGISTRY: dict[tuple[str, str], Weights] = {(w.model, w.tag): w for w in _ENTRIES}
 
 

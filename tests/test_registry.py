@@ -1,10 +1,13 @@
 """Registry names, errors, and exact parameter counts."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 import resnet_jax
+from resnet_jax import weights
 from resnet_jax.summary import count_params
 
 # torchvision.models (weights=None), 1000 classes: sum(p.numel() for p in m.parameters()).
@@ -206,3 +209,25 @@ def test_every_timm_resnet_name_is_registered_or_listed_as_not_yet():
     assert set(TIMM_PARAMS) <= set(resnet_jax.list_models())
     missing = names - set(TIMM_PARAMS)
     assert missing == set(TIMM_NOT_YET), (missing - set(TIMM_NOT_YET), set(TIMM_NOT_YET) - missing)
+
+
+def test_timm_weights_entries_are_timms_published_files_and_evaluation():
+    # Field by field against timm's own pretrained_cfg for each tag: the release file (whose
+    # name carries its SHA-256 prefix), and the test-size evaluation timm's validate.py runs
+    # (resolve_data_config(use_test_size=True)); the registered model has timm's shapes.
+    from torch_reference import torch  # noqa: F401  (skips without torch)
+
+    pytest.importorskip("timm")
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    entries = [w for w in weights.list_weights() if w.source == "timm"]
+    assert {"resnet50", "seresnext50_32x4d", "ecaresnet50d", "resnetrs50"} <= {w.model for w in entries}
+    for w in entries:
+        cfg = get_pretrained_cfg(f"{w.model}.{w.tag}").to_dict()
+        assert w.url == cfg["url"] and w.url.endswith(f"-{w.sha256}.pth"), w
+        data = resolve_data_config(pretrained_cfg=cfg, use_test_size=True)
+        assert (w.crop_size, w.crop_size) == tuple(data["input_size"][1:]), w
+        assert w.resize_size == math.floor(w.crop_size / data["crop_pct"]), w
+        assert (w.interpolation, w.mean, w.std) == (data["interpolation"], data["mean"], data["std"]), w
+        assert w.num_classes == cfg["num_classes"] and w.model in resnet_jax.list_models()

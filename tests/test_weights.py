@@ -20,7 +20,8 @@ def test_registry_covers_torchvision_v1_and_v2():
     assert {m for m, t in tags if t == "torchvision_v2"} == v1 - {"resnet18", "resnet34", "resnext101_64x4d"}
     for w in weights.list_weights():
         assert w.model in resnet_jax.list_models()
-        assert w.url.startswith("https://download.pytorch.org/models/") and len(w.sha256) == 8
+        host = {"torchvision": "https://download.pytorch.org/models/", "timm": "https://github.com/"}
+        assert w.url.startswith(host[w.source]) and len(w.sha256) == 8
         assert w.num_classes == 1000 and 60 < w.top1 < 90 and w.top1 < w.top5
     assert weights.get_weights("resnet50", "torchvision_v2").top1 == 80.858
 
@@ -31,7 +32,7 @@ def test_unknown_weights_name_the_choices():
     ):
         weights.get_weights("resnet50", "imagenet")
     with pytest.raises(
-        ValueError, match=r"no pretrained weights for 'resnet20'; models with weights: resnet101"
+        ValueError, match=r"no pretrained weights for 'resnet20'; models with weights: ecaresnet269d"
     ):
         weights.get_weights("resnet20", "torchvision_v1")
 
