@@ -15,6 +15,7 @@ import flax.linen as nn
 
 from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from resnet_jax.resnet import ResNet
+from resnet_jax.std_conv import StdConv
 
 _DEPTHS = {
     18: (2, 2, 2, 2),
@@ -126,13 +127,33 @@ _TIMM_AA_RS: dict[str, partial[ResNet]] = {
        for d, layers in _RS_DEPTHS.items()},
 }  # fmt: skip
 
+# Big Transfer (Kolesnikov et al. 2020; timm's resnetv2_*_bit): pre-activation bottlenecks
+# with GroupNorm (32 groups) and weight-standardised convolutions, widths times k, a
+# zero-padded stem pool as in the original TF code.
+_BIT = dict(
+    preact=True, pool_pad_zeros=True, conv=StdConv,
+    norm=partial(nn.GroupNorm, num_groups=32, epsilon=1e-5, use_fast_variance=False),
+)  # fmt: skip
+_TIMM_BIT: dict[str, partial[ResNet]] = {
+    f"resnetv2_{d}x{k}_bit": _imagenet(d, stem_width=64 * k, stage_widths=(64 * k, 128 * k, 256 * k, 512 * k),
+                                       **_BIT)
+    for d, k in ((50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4))
+}  # fmt: skip
+
 _MODELS: dict[str, partial[ResNet]] = {
+    **_TIMM_BIT,
     **_ATTENTION_MODELS,
     **_TIMM_PLAIN,
     **_TIMM_AA_RS,
     **{f"resnet{d}": _imagenet(d) for d in _DEPTHS},
     **{f"resnet{d}d": _imagenet(d, stem="deep", shortcut="D") for d in (18, 34, 50, 101, 152, 200)},
     **{f"resnetv2_{d}": _imagenet(d, preact=True) for d in _DEPTHS},
+    # timm's pre-activation ResNet-D and -T (deep or tiered stem, average-pool shortcut).
+    **{
+        f"resnetv2_{d}d": _imagenet(d, preact=True, stem="deep", shortcut="D") for d in (18, 34, 50, 101, 152)
+    },
+    "resnetv2_50t": _imagenet(50, preact=True, stem="tiered", shortcut="D"),
+    "resnetv2_50d_gn": _imagenet(50, preact=True, stem="deep", shortcut="D", norm=_BIT["norm"]),
     **{f"resnet{d}v2": _imagenet(d, **_KERAS_V2) for d in (50, 101, 152)},
     "resnext50_32x4d": _imagenet(50, groups=32, width_per_group=4),
     "resnext101_32x8d": _imagenet(101, groups=32, width_per_group=8),

@@ -94,13 +94,16 @@ def test_timm_resnet_d_logits_match():
 @pytest.mark.parametrize(
     "name",
     ["seresnet18", "seresnext26d_32x4d", "ecaresnet50d", "ecaresnetlight", "ecaresnext26t_32x4d",
-     "resnet26t", "resnet50s", "resnet50_gn", "resnetblur18", "resnetaa50d", "resnetrs50"],
+     "resnet26t", "resnet50s", "resnet50_gn", "resnetblur18", "resnetaa50d", "resnetrs50",
+     "resnetv2_50x1_bit", "resnetv2_50d", "resnetv2_18"],
 )  # fmt: skip
 def test_timm_variants_logits_match_at_two_sizes(name):
     # SE in basic blocks and in grouped bottlenecks with the deep stem, ECA with and
     # without it and with the tiered stem; the tiered, wide deep ("s") stems and GroupNorm
     # on plain blocks; blur (basic blocks, stem max pool at stride 1) and average-pool
-    # (bottlenecks, stem) anti-aliasing; ResNet-RS (SE at 1/4, a conv as the stem's pool).
+    # (bottlenecks, stem) anti-aliasing; ResNet-RS (SE at 1/4, a conv as the stem's pool);
+    # timm's ResNetV2 layout: BiT (GroupNorm, weight-standardised convs, a 1x1-conv head),
+    # pre-activation ResNet-D bottlenecks and basic blocks.
     # timm's own init for the weights, BatchNorm randomised and calibrated.
     timm = pytest.importorskip("timm")
     torch_model = _randomize(timm.create_model(name, pretrained=False, num_classes=7), seed=6)

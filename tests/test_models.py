@@ -49,15 +49,18 @@ DEEP = re.compile(r"(101|152|200|269|1202)")
 # in grouped bottleneck blocks (seresnet18, seresnext26d_32x4d), ECA with the tiered stem
 # (ecaresnet26t), the wide deep stem (resnet50s), GroupNorm (resnet50_gn), blur
 # anti-aliasing in blocks and stem (resnetblur18). Average-pool anti-aliasing and
-# ResNet-RS's SE and stem conv (resnetaa50d, resnetrs50) are traced in training mode below.
+# ResNet-RS's SE and stem conv (resnetaa50d, resnetrs50), timm's pre-activation ResNet-D
+# and BiT (resnetv2_50d, resnetv2_50x1_bit; BiT's parts also run in a miniature) are
+# traced in training mode below.
 # The others are neither run nor traced here: test_registry's exact parameter count
 # initialises each of them abstractly (jax.eval_shape of init, a whole forward pass in
 # shapes), and test_convert_torch compares representatives' logits with timm's.
 TIMM_VARIANT = re.compile(
     r"^(se|eca)resne|^resnet(10t|14t|26|26d|26t|50t|50c|50s|50_gn)$|^resnext50d|^resnet(aa|blur|rs)"
+    r"|^resnetv2_(\d+[dt]|50d_gn|\d+x\d+_bit)$"
 )
 TIMM_RUN = {"seresnet18", "seresnext26d_32x4d", "ecaresnet26t", "resnet50s", "resnet50_gn", "resnetblur18"}
-TIMM_TRACE = {"resnetaa50d", "resnetrs50"}
+TIMM_TRACE = {"resnetaa50d", "resnetrs50", "resnetv2_50d", "resnetv2_50x1_bit"}
 
 
 def _timm_variant(name):
@@ -70,7 +73,25 @@ def _timm_variant(name):
 def test_forward_backward_finite(name):
     # Eager on purpose: on CPU, per-op dispatch (cached across models) is much cheaper
     # than compiling each network's whole forward and backward pass.
-    model = resnet_jax.create_model(name, num_classes=3)
+    _check_forward_backward(resnet_jax.create_model(name, num_classes=3))
+
+
+def test_bit_blocks_train_and_standardise_their_kernels():
+    # BiT's parts (GroupNorm, weight-standardised convs, the zero-padded stem pool) in a
+    # two-stage miniature: every kernel is used standardised, and gradients reach them all.
+    from resnet_jax.std_conv import standardize
+
+    model = resnet_jax.create_model(
+        "resnetv2_50x1_bit", num_classes=3, stage_sizes=(1, 1), stage_widths=(32, 32), stem_width=32
+    )
+    _check_forward_backward(model)
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 5)) * 3 + 1
+    k = standardize(kernel, 1e-8)
+    np.testing.assert_allclose(jnp.mean(k, axis=(0, 1, 2)), 0, atol=1e-6)
+    np.testing.assert_allclose(jnp.std(k, axis=(0, 1, 2)), 1, rtol=1e-5)
+
+
+def _check_forward_backward(model):
     x = _input(model)
     variables = _filled_variables(model, x)
 
@@ -108,7 +129,8 @@ def test_deep_networks_trace_in_training_mode(name):
     train = functools.partial(model.apply, train=True, mutable=["batch_stats"])
     logits, updates = jax.eval_shape(train, variables, x)
     assert logits.shape == (2, 3) and logits.dtype == jnp.float32
-    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+    stats = (updates.get("batch_stats", {}), variables.get("batch_stats", {}))  # none for GroupNorm
+    assert jax.tree.structure(stats[0]) == jax.tree.structure(stats[1])
 
 
 @pytest.fixture(scope="module")

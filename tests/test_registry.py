@@ -124,14 +124,35 @@ TIMM_PARAMS = {
     "resnetrs270": 129_861_448,
     "resnetrs350": 163_956_168,
     "resnetrs420": 191_891_656,
+    "resnetv2_18": 11_687_720,
+    "resnetv2_34": 21_795_880,
+    "resnetv2_50": 25_549_352,
+    "resnetv2_101": 44_541_480,
+    "resnetv2_152": 60_185_128,
+    "resnetv2_18d": 11_706_952,
+    "resnetv2_34d": 21_815_112,
+    "resnetv2_50d": 25_568_584,
+    "resnetv2_101d": 44_560_712,
+    "resnetv2_152d": 60_204_360,
+    "resnetv2_50t": 25_566_048,
+    "resnetv2_50d_gn": 25_568_584,
+    "resnetv2_50x1_bit": 25_549_352,
+    "resnetv2_50x3_bit": 217_319_080,
+    "resnetv2_101x1_bit": 44_541_480,
+    "resnetv2_101x3_bit": 387_934_888,
+    "resnetv2_152x2_bit": 236_335_208,
+    "resnetv2_152x4_bit": 936_533_224,
 }
-# timm's ResNet module (timm.list_models(module="resnet")) names resnet_jax does not have
-# yet, each with what it needs. A timm name in neither list fails the test below.
+# Names of timm's ResNet and ResNetV2 modules (timm.list_models(module="resnet") and
+# module="resnetv2") that resnet_jax does not have yet, each with what it needs. A timm
+# name in neither list fails the test below.
 TIMM_NOT_YET = {
     "ecaresnet50d_pruned": "per-block pruned widths",
     "ecaresnet101d_pruned": "per-block pruned widths",
     "senet154": "SENet's own stem and 3x3 downsampling",
     "test_resnet": "timm's test model",
+    "resnetv2_50d_evos": "EvoNorm-S0 in place of norm and activation",
+    "resnetv2_50d_frn": "Filter Response Normalisation with a TLU",
 }  # fmt: skip
 
 
@@ -205,7 +226,7 @@ def test_every_timm_resnet_name_is_registered_or_listed_as_not_yet():
     from torch_reference import torch  # noqa: F401  (skips without torch)
 
     timm = pytest.importorskip("timm")
-    names = set(timm.list_models(module="resnet"))
+    names = set(timm.list_models(module="resnet")) | set(timm.list_models(module="resnetv2"))
     assert set(TIMM_PARAMS) <= set(resnet_jax.list_models())
     missing = names - set(TIMM_PARAMS)
     assert missing == set(TIMM_NOT_YET), (missing - set(TIMM_NOT_YET), set(TIMM_NOT_YET) - missing)

@@ -1,7 +1,9 @@
 """timm's ResNets into resnet_jax variables, and a timm Hub folder's preprocessing.
 
 ``from_timm`` converts the ``state_dict`` of timm's ``resnet*``, ResNet-D, ResNeXt, the
-SE and ECA nets, the anti-aliased ``resnetaa*``/``resnetblur*`` and ResNet-RS.
+SE and ECA nets, the anti-aliased ``resnetaa*``/``resnetblur*``, ResNet-RS (timm's
+``ResNet`` layout, torchvision's plus a few names) and BiT (``resnetv2_*_bit``, timm's
+``ResNetV2`` layout).
 
 A model that timm saves for the Hugging Face Hub (``timm.models.save_for_hf``, or a
 folder downloaded from the Hub) is ``config.json`` beside ``model.safetensors`` (or
@@ -18,14 +20,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from resnet_jax.convert._target import Variables
+from resnet_jax.convert._target import Target, Variables, as_numpy
 from resnet_jax.convert.files import load_state_dict
-from resnet_jax.convert.torchvision import from_torch_layout
+from resnet_jax.convert.torchvision import _TORCH_BN_LEAVES, from_torch_layout
 from resnet_jax.preprocessing import INTERPOLATIONS
 
 HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -49,7 +52,48 @@ def from_timm(state_dict: Mapping[str, Any], model_name: str) -> Variables:
     ``maxpool.0``/``maxpool.1`` onto ``stem_pool_conv``/``stem_pool_norm``; the rest
     share torchvision's layout. Anti-aliasing filters have no weights.
     """
+    if any(k.startswith("stages.") for k in state_dict):
+        return _from_resnetv2(state_dict, model_name)
     return from_torch_layout(state_dict, model_name, "timm")
+
+
+_V2_BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.(norm\d|conv\d|downsample\.conv)")
+
+
+def _resnetv2_path(module: str) -> str | None:
+    """timm ``ResNetV2`` module name -> resnet_jax module path, or None if unknown."""
+    named = {"stem.conv": "stem_conv", "norm": "final_norm", "head.fc": "head"}
+    if module in named:
+        return named[module]
+    if re.fullmatch(r"stem\.(conv[123]|norm[12])", module):  # the deep and tiered stems
+        return "stem_" + module[5:]
+    m = _V2_BLOCK.fullmatch(module)
+    if m is None:
+        return None
+    part = "shortcut_conv" if m[3] == "downsample.conv" else m[3]
+    return f"stage{int(m[1]) + 1}_block{int(m[2]) + 1}/{part}"
+
+
+def _from_resnetv2(state_dict: Mapping[str, Any], model_name: str) -> Variables:
+    """timm's ``ResNetV2`` layout (``stem.conv``, ``stages.S.blocks.B.*``, a final
+    ``norm``, and ``head.fc`` as a 1x1 convolution): BiT's pre-activation nets."""
+    arrays = {k: as_numpy(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    fc = arrays.get("head.fc.weight")
+    target = Target(model_name, int(fc.shape[0]) if fc is not None else 0)
+    for key, value in arrays.items():
+        module, _, leaf = key.rpartition(".")
+        path, src = _resnetv2_path(module), f"timm {key!r}"
+        if path is None or leaf not in _TORCH_BN_LEAVES:
+            raise ValueError(f"{src} has no counterpart in {model_name}")
+        if path == "head":  # (K, C, 1, 1) 1x1 conv -> Dense (C, K)
+            value = value.reshape(len(value), -1).T if leaf == "weight" else value
+            target.put(f"params/head/{'kernel' if leaf == 'weight' else 'bias'}", value, src)
+        elif leaf == "weight" and value.ndim == 4:  # (out, in/groups, kh, kw) -> (kh, kw, in/groups, out)
+            target.put(f"params/{path}/kernel", value.transpose(2, 3, 1, 0), src)
+        else:  # a norm's leaves
+            collection = "params" if leaf in ("weight", "bias") else "batch_stats"
+            target.put(f"{collection}/{path}/{_TORCH_BN_LEAVES[leaf]}", value, src)
+    return target.result()
 
 
 def is_hub_folder(path: str) -> bool:
