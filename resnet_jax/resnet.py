@@ -39,14 +39,24 @@ def _bind_norm(norm: ModuleDef, train: bool) -> ModuleDef:
 
     A factory that already fixes ``use_running_average`` (frozen BatchNorm) keeps it.
     """
-    fixed: dict[str, Any] = {}
-    f = norm
-    while isinstance(f, functools.partial):
-        fixed = {**f.keywords, **fixed}
-        f = f.func
-    if isinstance(f, type) and issubclass(f, nn.BatchNorm) and "use_running_average" not in fixed:
+    if is_batch_norm(norm) and "use_running_average" not in _fixed_keywords(norm):
         return functools.partial(norm, use_running_average=not train)
     return norm
+
+
+def _fixed_keywords(factory: Any) -> dict[str, Any]:
+    fixed: dict[str, Any] = {}
+    while isinstance(factory, functools.partial):
+        fixed = {**factory.keywords, **fixed}
+        factory = factory.func
+    return fixed
+
+
+def is_batch_norm(norm: ModuleDef) -> bool:
+    """Whether a norm factory (a class, or partials of one) makes BatchNorm."""
+    while isinstance(norm, functools.partial):
+        norm = norm.func
+    return isinstance(norm, type) and issubclass(norm, nn.BatchNorm)
 
 
 class ResNet(nn.Module):

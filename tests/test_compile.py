@@ -67,7 +67,7 @@ def _resnet20_train_flops_per_image():
     return 3 * summary.forward_flops(model, variables, x)
 
 
-def _check_resnet20(proc, report, devices):
+def _check_resnet20(proc, report, devices, eval_step=True):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     train = report["train"]
     assert report["devices"] == devices and train["fits"]
@@ -80,14 +80,16 @@ def _check_resnet20(proc, report, devices):
     assert abs(grad / train["param_bytes"] - 1) < 0.10, (grad, train["param_bytes"])
     assert train["collectives"]["small_all_reduces"] >= 2 * train["batchnorm_layers"]
     assert train["images_per_s_per_device"] > 0 and train["bound"] in ("compute", "memory")
-    assert report["eval"]["fits"]
+    assert report["eval"]["fits"] if eval_step else "eval" not in report
     assert "gradient reduction:" in proc.stdout and "roofline: >=" in proc.stdout
 
 
 @needs_libtpu
 def test_resnet20_compiles_for_a_4_chip_tpu_slice(tmp_path):
-    proc, report = _compile(tmp_path, "--target=v5e:2x2")
-    _check_resnet20(proc, report, 4)
+    # The train step only: libtpu's compile is most of this test's time, and the eval step
+    # compiles for the GPU target below and for TPUs in test_exports_lower_for_tpu_*.
+    proc, report = _compile(tmp_path, "--target=v5e:2x2", "--noeval")
+    _check_resnet20(proc, report, 4, eval_step=False)
     assert report["device_kind"] == "TPU v5 lite"
     assert report["train"]["bytes_accessed"] > 0  # libtpu counts them
 

@@ -47,7 +47,7 @@ def _filled_variables(model, x, seed=0):
 DEEP = re.compile(r"(101|152|200|269|1202)")
 # timm's variants recombine parts that one representative each runs here: SE in basic and
 # in grouped bottleneck blocks (seresnet18, seresnext26d_32x4d), ECA with the tiered stem
-# (ecaresnet26t), the wide deep stem (resnet50s), GroupNorm (resnet50_gn), blur
+# (ecaresnet26t), the wide deep stem (resnet50s), blur
 # anti-aliasing in blocks and stem (resnetblur18). Average-pool anti-aliasing and
 # ResNet-RS's SE and stem conv (resnetaa50d, resnetrs50), timm's pre-activation ResNet-D
 # and BiT (resnetv2_50d, resnetv2_50x1_bit; BiT's parts also run in a miniature) are
@@ -59,17 +59,28 @@ TIMM_VARIANT = re.compile(
     r"^(se|eca)resne|^resnet(10t|14t|26|26d|26t|50t|50c|50s|50_gn)$|^resnext50d|^resnet(aa|blur|rs)"
     r"|^resnetv2_(\d+[dt]|50d_gn|\d+x\d+_bit)$"
 )
-TIMM_RUN = {"seresnet18", "seresnext26d_32x4d", "ecaresnet26t", "resnet50s", "resnet50_gn", "resnetblur18"}
+TIMM_RUN = {"seresnet18", "seresnext26d_32x4d", "ecaresnet26t", "resnet50s", "resnetblur18"}
 TIMM_TRACE = {"resnetaa50d", "resnetrs50", "resnetv2_50d", "resnetv2_50x1_bit"}
+
+
+# Networks whose every part a smaller sibling runs here, the same block code at another
+# depth or width: the deeper CIFAR nets (resnet20/32 run), the wider and deeper WRNs
+# (wrn16_4 runs), Wide ResNet-50-2 (resnet50), resnet34d (resnet18d), resnetv2_34
+# (resnetv2_18) and GroupNorm's resnet50_gn (BiT's miniature below trains GroupNorm).
+# They are traced in training mode below, to keep the suite's time.
+SIBLING_RUNS = {"resnet44", "resnet56", "resnet110", "wrn16_8", "wrn28_10", "wrn40_4", "wide_resnet50_2",
+                "resnet34d", "resnetv2_34", "resnet50_gn"}  # fmt: skip
 
 
 def _timm_variant(name):
     return bool(TIMM_VARIANT.search(name)) and name not in TIMM_RUN
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in resnet_jax.list_models() if not DEEP.search(n) and not _timm_variant(n)]
-)
+def _eager(name):
+    return not DEEP.search(name) and not _timm_variant(name) and name not in SIBLING_RUNS
+
+
+@pytest.mark.parametrize("name", [n for n in resnet_jax.list_models() if _eager(n)])
 def test_forward_backward_finite(name):
     # Eager on purpose: on CPU, per-op dispatch (cached across models) is much cheaper
     # than compiling each network's whole forward and backward pass.
@@ -120,7 +131,7 @@ def _check_forward_backward(model):
 @pytest.mark.parametrize(
     "name",
     [n for n in resnet_jax.list_models() if DEEP.search(n) and not _timm_variant(n) and n != "resnet1202"]
-    + sorted(TIMM_TRACE),
+    + sorted(TIMM_TRACE | SIBLING_RUNS),
 )
 def test_deep_networks_trace_in_training_mode(name):
     model = resnet_jax.create_model(name, num_classes=3)

@@ -86,4 +86,5 @@ def restore_from(
         *(f"  re-initialised {r}" for r in reinit),
         *(f"  ignored {i}" for i in ignored[:20]),
     ]
-    return jax.tree.map(np.asarray, tree["params"]), tree.get("batch_stats"), "\n".join(lines)
+    stats = tree.get("batch_stats", {})  # GroupNorm nets (resnet50_gn, BiT) have none
+    return jax.tree.map(np.asarray, tree["params"]), stats, "\n".join(lines)

@@ -179,7 +179,7 @@ def train_step(
             per_example = cross_entropy_loss(logits, labels, step.label_smoothing)
         # A device's share (scale 1 / the global batch) is its part of the global mean.
         loss = jnp.mean(per_example) if scale is None else jnp.sum(per_example) * scale
-        return loss, (logits, updates["batch_stats"], per_example)
+        return loss, (logits, updates.get("batch_stats", {}), per_example)  # none for GroupNorm
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     labels = batch["label"]

@@ -236,10 +236,12 @@ def initial_state(
         drop_path_rate=m.drop_path_rate,
         zero_init_last=m.zero_init_last,
     )
-    if settings.step.float32_grad_reduction:
-        # Global BatchNorm statistics inside the per-device gradients (steps.train_step).
-        model_kw["norm"] = functools.partial(resnet_lib.BatchNorm, axis_name=steps.DEVICE_AXIS)
     model = resnet_jax.create_model(m.name, **model_kw)
+    if settings.step.float32_grad_reduction and resnet_lib.is_batch_norm(model.norm):
+        # Global BatchNorm statistics inside the per-device gradients (steps.train_step);
+        # GroupNorm (resnet50_gn, BiT) has no statistics to share.
+        model_kw["norm"] = functools.partial(model.norm, axis_name=steps.DEVICE_AXIS)
+        model = resnet_jax.create_model(m.name, **model_kw)
     x = jnp.zeros((1, *data.image_shape), jnp.float32)
     param_shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)["params"]
     if settings.optim.freeze_batch_stats:
