@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         user_errors.fail(str(e))
 
 
-def _hub_folder(args: argparse.Namespace) -> tuple[dict, dict]:
-    """A timm Hub folder's variables and the metadata its config.json gives."""
+def _hub_folder(args: argparse.Namespace) -> tuple[dict, dict, str]:
+    """A timm Hub folder's variables, the metadata its config.json gives, and its weights file."""
     state, config, path = convert.timm_hub_folder(args.weights)
     arch = config["architecture"]
     if args.model not in (None, arch):
@@ -85,10 +85,10 @@ def _hub_folder(args: argparse.Namespace) -> tuple[dict, dict]:
     prep = convert.timm_data_config(cfg)
     tag = f"{arch}.{cfg['tag']}" if cfg.get("tag") else arch
     meta = {**prep, "weights": f"{os.path.basename(os.path.normpath(args.weights))}/{os.path.basename(path)}"}
-    meta.update(timm_tag=tag, sha256=weights.sha256_of(path))
+    meta["timm_tag"] = tag
     if cfg.get("label_names"):
         meta["class_names"] = list(cfg["label_names"])
-    return convert.from_timm(state, arch), meta
+    return convert.from_timm(state, arch), meta, path
 
 
 def _main(argv: list[str] | None) -> None:
@@ -108,8 +108,8 @@ def _main(argv: list[str] | None) -> None:
         parser.error(f"--out={args.out} exists; it is left untouched. Choose a new directory.")
     hub_meta: dict = {}
     if hub:
-        variables, hub_meta = _hub_folder(args)
-        path, entry = args.weights, None
+        variables, hub_meta, path = _hub_folder(args)
+        entry = None
     else:
         path, entry = _resolve(args)
         variables = _read(args.source, path, args.model)
@@ -120,7 +120,7 @@ def _main(argv: list[str] | None) -> None:
         "num_classes": int(head["bias"].shape[0]) if head else 0,
         "weights": os.path.basename(path),
         "url": entry.url if entry else "",
-        "sha256": "" if hub else weights.sha256_of(path),
+        "sha256": weights.sha256_of(path),
         "mean": list(entry.mean if entry else weights.IMAGENET_MEAN),
         "std": list(entry.std if entry else weights.IMAGENET_STD),
         "crop_size": entry.crop_size if entry else 224,

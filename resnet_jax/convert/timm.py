@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from resnet_jax.convert._target import Target, Variables, as_numpy
+from resnet_jax.convert._target import Variables
 from resnet_jax.convert.files import load_state_dict
-from resnet_jax.convert.torchvision import _TORCH_BN_LEAVES, from_torch_layout
+from resnet_jax.convert.torchvision import from_torch_layout
 from resnet_jax.preprocessing import INTERPOLATIONS
 
 HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -53,15 +53,18 @@ def from_timm(state_dict: Mapping[str, Any], model_name: str) -> Variables:
     share torchvision's layout. Anti-aliasing filters have no weights.
     """
     if any(k.startswith("stages.") for k in state_dict):
-        return _from_resnetv2(state_dict, model_name)
+        # BiT's pre-activation nets: stem.conv, stages.S.blocks.B.*, a final norm, and
+        # head.fc as a 1x1 convolution.
+        return from_torch_layout(state_dict, model_name, "timm", _resnetv2_path, head="head.fc")
     return from_torch_layout(state_dict, model_name, "timm")
 
 
 _V2_BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.(norm\d|conv\d|downsample\.conv)")
 
 
-def _resnetv2_path(module: str) -> str | None:
-    """timm ``ResNetV2`` module name -> resnet_jax module path, or None if unknown."""
+def _resnetv2_path(module: str, is_conv: bool) -> str | None:
+    """timm ``ResNetV2`` module name -> resnet_jax module path, or None if unknown (each
+    module's name tells conv from norm, so ``is_conv`` is not needed)."""
     named = {"stem.conv": "stem_conv", "norm": "final_norm", "head.fc": "head"}
     if module in named:
         return named[module]
@@ -72,28 +75,6 @@ def _resnetv2_path(module: str) -> str | None:
         return None
     part = "shortcut_conv" if m[3] == "downsample.conv" else m[3]
     return f"stage{int(m[1]) + 1}_block{int(m[2]) + 1}/{part}"
-
-
-def _from_resnetv2(state_dict: Mapping[str, Any], model_name: str) -> Variables:
-    """timm's ``ResNetV2`` layout (``stem.conv``, ``stages.S.blocks.B.*``, a final
-    ``norm``, and ``head.fc`` as a 1x1 convolution): BiT's pre-activation nets."""
-    arrays = {k: as_numpy(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    fc = arrays.get("head.fc.weight")
-    target = Target(model_name, int(fc.shape[0]) if fc is not None else 0)
-    for key, value in arrays.items():
-        module, _, leaf = key.rpartition(".")
-        path, src = _resnetv2_path(module), f"timm {key!r}"
-        if path is None or leaf not in _TORCH_BN_LEAVES:
-            raise ValueError(f"{src} has no counterpart in {model_name}")
-        if path == "head":  # (K, C, 1, 1) 1x1 conv -> Dense (C, K)
-            value = value.reshape(len(value), -1).T if leaf == "weight" else value
-            target.put(f"params/head/{'kernel' if leaf == 'weight' else 'bias'}", value, src)
-        elif leaf == "weight" and value.ndim == 4:  # (out, in/groups, kh, kw) -> (kh, kw, in/groups, out)
-            target.put(f"params/{path}/kernel", value.transpose(2, 3, 1, 0), src)
-        else:  # a norm's leaves
-            collection = "params" if leaf in ("weight", "bias") else "batch_stats"
-            target.put(f"{collection}/{path}/{_TORCH_BN_LEAVES[leaf]}", value, src)
-    return target.result()
 
 
 def is_hub_folder(path: str) -> bool:

@@ -6,8 +6,9 @@ timm names its ResNets' modules the same way (plus ResNet-D's deep stem), so
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ _TIMM_DEEP_STEM = {"conv1.0": "stem_conv1", "conv1.1": "stem_norm1", "conv1.3": 
                    "conv1.4": "stem_norm2", "conv1.6": "stem_conv3"}  # fmt: skip
 
 
-def _torch_module_path(module: str, deep_stem: bool, is_conv: bool) -> str | None:
+def _torch_module_path(module: str, is_conv: bool, deep_stem: bool) -> str | None:
     """torchvision/timm module name -> resnet_jax module path, or None if unknown."""
     if module == "conv1":
         return "stem_conv"
@@ -45,26 +46,41 @@ def _torch_module_path(module: str, deep_stem: bool, is_conv: bool) -> str | Non
     return f"{block}/{part.replace('bn', 'norm')}"
 
 
-def from_torch_layout(state_dict: Mapping[str, Any], model_name: str, source: str) -> Variables:
+def from_torch_layout(
+    state_dict: Mapping[str, Any],
+    model_name: str,
+    source: str,
+    module_path: Callable[[str, bool], str | None] | None = None,
+    head: str = "fc",
+) -> Variables:
+    """A PyTorch ResNet ``state_dict`` into ``model_name``'s variables.
+
+    ``module_path(module, is_conv)`` names each module's resnet_jax path (default:
+    torchvision's and timm's ``ResNet`` names); ``head`` is the classifier's module, a
+    Linear or a 1x1 convolution (timm's ``ResNetV2``).
+    """
     arrays = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    fc = arrays.get("fc.weight")
+    fc = arrays.get(f"{head}.weight")
     num_classes = int(np.shape(fc)[0]) if fc is not None else 0
     target = Target(model_name, num_classes)
-    deep_stem = any(k.startswith("conv1.0.") for k in arrays)
+    if module_path is None:
+        deep_stem = any(k.startswith("conv1.0.") for k in arrays)
+        module_path = functools.partial(_torch_module_path, deep_stem=deep_stem)
     for key, value in arrays.items():
         module, _, leaf = key.rpartition(".")
         value = as_numpy(value)
         is_conv = leaf == "weight" and value.ndim == 4
-        path = _torch_module_path(module, deep_stem, is_conv)
+        path = module_path(module, is_conv=is_conv)
         src = f"{source} {key!r}"
         if path is None:
             raise ValueError(f"{src} has no counterpart in {model_name}")
-        if is_conv:  # (out, in/groups, kh, kw) -> (kh, kw, in/groups, out)
+        if path == "head":  # (K, C) or a 1x1 conv's (K, C, 1, 1) -> Dense (C, K)
+            value = value.reshape(len(value), -1).T if leaf == "weight" else value
+            target.put(f"params/head/{'kernel' if leaf == 'weight' else 'bias'}", value, src)
+        elif is_conv:  # (out, in/groups, kh, kw) -> (kh, kw, in/groups, out)
             target.put(f"params/{path}/kernel", value.transpose(2, 3, 1, 0), src)
         elif leaf == "weight" and value.ndim == 3:  # ECA's Conv1d: (out, in, k) -> (k, in, out)
             target.put(f"params/{path}/kernel", value.transpose(2, 1, 0), src)
-        elif path == "head":
-            target.put(f"params/head/{'kernel' if leaf == 'weight' else 'bias'}", value.T, src)
         elif leaf in _TORCH_BN_LEAVES:  # a norm's leaves; also the SE convolutions' biases
             collection = "params" if leaf in ("weight", "bias") else "batch_stats"
             target.put(f"{collection}/{path}/{_TORCH_BN_LEAVES[leaf]}", value, src)
