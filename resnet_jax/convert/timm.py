@@ -43,8 +43,12 @@ _TIMM_DEFAULTS = {
 }
 
 
-def from_timm(state_dict: Mapping[str, Any], model_name: str) -> Variables:
+def from_timm(state_dict: Mapping[str, Any], model_name: str, **overrides: Any) -> Variables:
     """Converts a timm ResNet ``state_dict`` (see the module docstring for the families).
+
+    ``overrides`` are ``ResNet`` fields where timm built the model with other arguments
+    than its name's: ``timm.create_model("resnet50", layers=(1, 2, 1, 1))`` converts with
+    ``from_timm(sd, "resnet50", stage_sizes=(1, 2, 1, 1))``.
 
     timm's ResNet-D (deep stem ``conv1.0..6``, avg-pool shortcut ``downsample.1..2``)
     maps onto resnet_jax's ``resnet*d``; a block's channel attention ``se.fc1``,
@@ -55,8 +59,8 @@ def from_timm(state_dict: Mapping[str, Any], model_name: str) -> Variables:
     if any(k.startswith("stages.") for k in state_dict):
         # BiT's pre-activation nets: stem.conv, stages.S.blocks.B.*, a final norm, and
         # head.fc as a 1x1 convolution.
-        return from_torch_layout(state_dict, model_name, "timm", _resnetv2_path, head="head.fc")
-    return from_torch_layout(state_dict, model_name, "timm")
+        return from_torch_layout(state_dict, model_name, "timm", _resnetv2_path, head="head.fc", **overrides)
+    return from_torch_layout(state_dict, model_name, "timm", **overrides)
 
 
 _V2_BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.(norm\d|conv\d|downsample\.conv)")

@@ -52,17 +52,19 @@ def from_torch_layout(
     source: str,
     module_path: Callable[[str, bool], str | None] | None = None,
     head: str = "fc",
+    **overrides: Any,
 ) -> Variables:
     """A PyTorch ResNet ``state_dict`` into ``model_name``'s variables.
 
     ``module_path(module, is_conv)`` names each module's resnet_jax path (default:
     torchvision's and timm's ``ResNet`` names); ``head`` is the classifier's module, a
-    Linear or a 1x1 convolution (timm's ``ResNetV2``).
+    Linear or a 1x1 convolution (timm's ``ResNetV2``); ``overrides`` replace fields of
+    the registered model (``stage_sizes`` for a net built with other depths).
     """
     arrays = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     fc = arrays.get(f"{head}.weight")
     num_classes = int(np.shape(fc)[0]) if fc is not None else 0
-    target = Target(model_name, num_classes)
+    target = Target(model_name, num_classes, **overrides)
     if module_path is None:
         deep_stem = any(k.startswith("conv1.0.") for k in arrays)
         module_path = functools.partial(_torch_module_path, deep_stem=deep_stem)
