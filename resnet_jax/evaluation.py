@@ -145,7 +145,7 @@ def evaluate_weights(
       on_skip: called with ``"NAME: reason"`` for each image that does not decode.
 
     Returns:
-      A dict: ``top1``, ``top5`` (percent), ``top1_err``, ``top5_err``, ``loss`` (mean
+      A dict of ``top1``, ``top5`` (percent), ``top1_err``, ``top5_err``, ``loss`` (mean
       cross-entropy), ``images`` (scored), ``skipped`` (names), ``images_per_second``,
       ``devices``, the ``weights``, ``model``, ``param_count`` (millions), ``data``,
       ``matched_by``, the ``preprocessing`` (and timm's ``img_size``, ``crop_pct``,

@@ -262,12 +262,13 @@ class Preprocessing:
 
     @property
     def identity_size(self) -> tuple[int, int]:
-        """The (height, width) an image must have for the resize to change nothing: a
+        """The (height, width) an image must have for the resize to change nothing, a
         square of ``resize_size``, or ``size`` when the whole image is resized. A raw-input
         export takes this size by default (``resnet_jax.export``)."""
         return (self.resize_size, self.resize_size) if self.resize_size else self.size
 
     def describe(self) -> str:
+        """One line for logs: the resize, the crop, the interpolation and mean/std."""
         filt = f"{self.interpolation}{', antialiased' if self.antialias else ''}"
         h, w = self.size
         steps = f"resize to {h}x{w} ({filt})"
@@ -277,8 +278,10 @@ class Preprocessing:
         return f"{steps}{order}, mean {list(self.mean)}, std {list(self.std)}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (tuples as lists), as metadata.json stores them."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> Preprocessing:
+        """The inverse of ``to_dict``; keys that are not fields are ignored."""
         return cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls) if f.name in fields})

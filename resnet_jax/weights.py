@@ -142,6 +142,7 @@ _ENTRIES += [
     _timm("resnetrs50", "tf_in1k", "v0.1-rs-weights/resnetrs50_ema-6b53758b.pth", 224, 0.91, 79.934, 94.972),
     _timm("resnetrs420", "tf_in1k", "v0.1-rs-weights/resnetrs420_ema-972dee69.pth", 416, 1.0, 85.010, 97.110),
 ]  # fmt: skip
+#: Every entry, by ``(model, tag)``; ``list_weights`` and ``get_weights`` read it.
 REGISTRY: dict[tuple[str, str], Weights] = {(w.model, w.tag): w for w in _ENTRIES}
 
 
@@ -162,10 +163,13 @@ def get_weights(model: str, tag: str) -> Weights:
 
 
 def cache_dir() -> str:
+    """Where downloaded and converted weights are kept: ``$RESNET_JAX_CACHE``, else
+    ``~/.cache/resnet_jax``."""
     return os.environ.get("RESNET_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax")
 
 
 def sha256_of(path: str) -> str:
+    """The file's SHA-256 as hex, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -61,6 +61,13 @@ def test_notebook_runs_in_smoke_mode(name, monkeypatch, tmp_path):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     images = sum("image/png" in o.get("data", {}) for o in outputs)
     pattern, n_images = EXPECTED[name]
+    nbformat.write(nb, str(tmp_path / name))  # for a look when it fails
     assert re.search(pattern, text), text[-3000:]
     assert images >= n_images
-    nbformat.write(nb, str(tmp_path / name))  # the executed copy, for a look when it fails
+    # The executed copy: the docs render it with these outputs (docs/_ext/resnet_jax_docs.py),
+    # written whole, so that a docs build reading it meanwhile never sees half a file.
+    executed = os.path.join(os.path.dirname(COLAB), "docs", "_executed")
+    os.makedirs(executed, exist_ok=True)
+    partial = os.path.join(executed, f".{name}.{os.getpid()}")
+    nbformat.write(nb, partial)
+    os.replace(partial, os.path.join(executed, name))

@@ -68,10 +68,10 @@ def _stop(workdir, first, second, at, proc=None):
 
 
 def _slurm_script(tmp_path, workdir):
-    """The README's SLURM batch script, its srun line's command swapped for this test's run,
+    """The training guide's SLURM batch script, its srun line's command swapped for this test's run,
     with stub srun (runs its command) and scontrol (writes its arguments to a file)."""
-    readme = (REPO / "README.md").read_text()
-    script = readme.split("**SLURM.**", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    guide = (REPO / "docs" / "guides" / "training.md").read_text()
+    script = guide.split("**SLURM.**", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     srun = [line for line in script.splitlines() if line.startswith("srun ")]
     assert len(srun) == 1, script
     flags = " ".join(f"'{f}'" for f in FLAGS)
@@ -106,7 +106,7 @@ def test_sigterm_and_sigint_save_the_step_reached_and_the_rerun_ends_as_the_unin
     assert proc.wait(timeout=600) == 0, stop_time.output(proc)[-3000:]
     run = tmp_path / "run"
     first = _stop(run, signal.SIGTERM, signal.SIGINT, at=50)
-    # The second session and the last run as the README's SLURM job: stopped, its exit
+    # The second session and the last run as the training guide's SLURM job: stopped, its exit
     # status 75 has the script requeue the job, and the requeued job finishes the run.
     cmd, env = _slurm_script(tmp_path, run)
     job = stop_time.start(run, cmd=cmd, env=env)

@@ -13,6 +13,7 @@ from resnet_jax.convert._target import Target, Variables
 from resnet_jax.convert.files import keras_h5_weights
 
 # Keras applications use this BatchNorm epsilon; resnet_jax (like torchvision) uses 1e-5.
+#: The BatchNorm epsilon of Keras applications' ResNets (1.001e-5, not 1e-5).
 KERAS_BN_EPSILON = 1.001e-5
 
 
