@@ -30,6 +30,7 @@ source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "_executed", "Thumbs.db", ".DS_Store"]
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3  # [text](page.md#a-heading) links, checked at build time
+smartquotes = False  # flags such as --lr-warmup-decay stay two hyphens, not a dash
 
 # The notebooks are not run here: CI's test_notebooks runs them and leaves the executed
 # copies in docs/_executed, which _ext/resnet_jax_docs.py renders (the stored, clean ones
