@@ -64,18 +64,24 @@ def test_torchvision_numpy_state_dict_and_headless():
 def test_export_to_torchvision_loads_strictly_and_matches(name):
     # Our own random init (calibrated BN statistics come from a train-mode pass), exported
     # and loaded into torchvision with strict=True: every key and shape must line up.
-    model = create_model(name, num_classes=7)
+    # ResNeXt (grouped convs, bottlenecks) at one block a stage, to keep the suite's time.
+    shallow = {"stage_sizes": (1, 1, 1, 1)} if name != "resnet18" else {}
+    model = create_model(name, num_classes=7, **shallow)
     x = np.random.default_rng(5).normal(size=(8, 64, 64, 3)).astype(np.float32)
     variables = jax.jit(model.init)(jax.random.key(5), x)
     _, stats = jax.jit(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
     head = {"kernel": variables["params"]["head"]["kernel"] * 30, "bias": variables["params"]["head"]["bias"]}
     variables = {"params": {**variables["params"], "head": head}, **stats}  # logits that vary with x
     arrays = convert.to_torchvision(variables)
-    torch_model = getattr(tv_models, name)(num_classes=7)
+    if shallow:
+        block = tv_models.resnet.Bottleneck
+        torch_model = tv_models.ResNet(block, [1, 1, 1, 1], num_classes=7, groups=32, width_per_group=4)
+    else:
+        torch_model = getattr(tv_models, name)(num_classes=7)
     counters = {k: v for k, v in torch_model.state_dict().items() if k.endswith("num_batches_tracked")}
     torch_model.load_state_dict({**{k: torch.tensor(v) for k, v in arrays.items()}, **counters})
-    _compare(torch_model.eval(), variables, name)
-    back = convert.from_torchvision(arrays, name)
+    _compare(torch_model.eval(), variables, name, **shallow)
+    back = convert.from_torchvision(arrays, name, **shallow)
     jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, variables))
 
 

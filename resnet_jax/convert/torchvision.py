@@ -91,7 +91,7 @@ def from_torch_layout(
     return target.result()
 
 
-def from_torchvision(state_dict: Mapping[str, Any], model_name: str) -> Variables:
+def from_torchvision(state_dict: Mapping[str, Any], model_name: str, **overrides: Any) -> Variables:
     """Converts a torchvision ResNet, ResNeXt or Wide ResNet ``state_dict``.
 
     Args:
@@ -99,11 +99,13 @@ def from_torchvision(state_dict: Mapping[str, Any], model_name: str) -> Variable
         ``torchvision.models.resnet50().state_dict()`` or a loaded checkpoint file.
       model_name: the resnet_jax name of the same architecture (``resnet50``,
         ``resnext50_32x4d``, ``wide_resnet50_2``, ...).
+      **overrides: ``ResNet`` fields where the torchvision model was built with other
+        arguments than its name's (``stage_sizes`` for ``ResNet(Bottleneck, [1, 1, 1, 1])``).
 
     Returns ``{'params', 'batch_stats'}`` for ``create_model(model_name, num_classes=K)``,
     K taken from ``fc.weight`` (0 when the state dict has no head).
     """
-    return from_torch_layout(state_dict, model_name, "torchvision")
+    return from_torch_layout(state_dict, model_name, "torchvision", **overrides)
 
 
 _TORCH_BN_NAMES = {v: k for k, v in _TORCH_BN_LEAVES.items()}
