@@ -48,7 +48,7 @@ def assignments(path: str) -> list[tuple[str, str, str]]:
     source = _read(path)
     lines = source.splitlines()
     comments = _comments(path)
-    found = []
+    found = {}  # line -> entry; a nested function's assignment is also its outer one's: kept once
     for func in ast.walk(ast.parse(source)):
         if not isinstance(func, ast.FunctionDef):
             continue
@@ -66,13 +66,12 @@ def assignments(path: str) -> list[tuple[str, str, str]]:
                 line -= 1
             own = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
             text = " ".join(c for c in [*above, *own] if c)
-            found.append((section, target.attr, text))
-    return sorted(found, key=lambda f: [a[1] for a in found].index(f[1]))
+            found[node.lineno] = (section, target.attr, text)
+    return [found[line] for line in sorted(found)]
 
 
 def _value(value) -> str:
-    text = repr(tuple(value) if isinstance(value, list) else value)
-    return f"`{text}`" if text else "``"
+    return f"`{tuple(value) if isinstance(value, list) else value!r}`"
 
 
 def _escape(text: str) -> str:
